@@ -1,0 +1,61 @@
+"""Training objectives.
+
+`diffusion_loss` is the discrete-time objective of Ho et al. 2020 (Algorithm 1) for any of the three
+targets a network may predict; `dsm_loss` (below, with the SDEs) is the denoising score matching
+objective of Song et al. 2021. Both take the model, a clean batch x0 and the forward process, draw
+their own noise and time, and return a scalar loss.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .schedule import PREDICTION_TYPES, NoiseSchedule, PredictionType
+
+Weighting = Literal["none", "min_snr"]
+WEIGHTINGS = ("none", "min_snr")
+
+
+def diffusion_loss(model, x0: Tensor, schedule: NoiseSchedule, prediction_type: PredictionType = "epsilon",
+                   context: Optional[Tensor] = None, weighting: Weighting = "none", min_snr_gamma: float = 5.0,
+                   generator: Optional[torch.Generator] = None) -> Tensor:
+    """Ho et al. 2020, Algorithm 1: i ~ U{0..T-1}, eps ~ N(0, I), regress the target at x_i.
+
+    x0: [B, C, H, W] clean images in [-1, 1]. The target is eps ("epsilon"), x0 ("sample") or
+    v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 ("v_prediction"). weighting="min_snr" applies
+    the Min-SNR-gamma weights of Hang et al. 2023 (Eq. 8), expressed for each target.
+    Returns a scalar: the mean over the batch of the per-sample mean squared error.
+    """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if x0.ndim < 2 or x0.shape[0] == 0:
+        raise ValueError(f"x0 must be a non-empty batch [B, ...], got shape {tuple(x0.shape)}")
+    B = x0.shape[0]
+    i = torch.randint(0, schedule.T, (B,), generator=generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    x_i = schedule.add_noise(x0, noise, i)
+    t = schedule.model_time(i).to(device=x0.device, dtype=x0.dtype)
+    output = model(x_i, t, context)
+
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "sample":
+        target = x0
+    else:
+        target = schedule.velocity(x0, noise, i)
+    per_sample = F.mse_loss(output.float(), target.float(), reduction="none").flatten(1).mean(1)    # [B]
+
+    if weighting == "min_snr":
+        snr = (schedule.alphas_cumprod / (1 - schedule.alphas_cumprod))[i.cpu()].to(per_sample)
+        clipped = snr.clamp(max=min_snr_gamma)
+        # min(SNR, gamma) is the weight on the x0 error; dividing by the target's own SNR factor
+        # expresses it for eps (/SNR) and v (/(SNR + 1)) targets.
+        per_sample = per_sample * {"sample": clipped, "epsilon": clipped / snr, "v_prediction": clipped / (snr + 1)}[
+            prediction_type]
+    return per_sample.mean()
