@@ -1,0 +1,51 @@
+"""minidiff.nn: the networks, one concept per file.
+
+    embeddings.py    time embeddings (sinusoidal, Gaussian Fourier), EmbedFC, Dense, ContextTokens
+    blocks.py        ResidualConvBlock, UnetDown, UnetUp (the sprites course), ResnetBlock (GroupNorm)
+    attention.py     CrossAttention, TransformerBlock, SpatialTransformer
+    context_unet.py  ContextUnet, the sprites course's model
+    score_unet.py    ScoreUNet, ResidualScoreUNet, ConditionalScoreUNet, LatentScoreUNet
+    autoencoder.py   AutoEncoder (+ variational option), reconstruction_loss
+
+Every network is called `model(x, t, context=None)` with `t` a float tensor [B] in (0, 1].
+"""
+
+from .attention import CrossAttention, SpatialTransformer, TransformerBlock
+from .autoencoder import AutoEncoder, edge_loss, reconstruction_loss
+from .blocks import ResidualConvBlock, ResnetBlock, UnetDown, UnetUp
+from .context_unet import ContextUnet
+from .embeddings import (
+    ContextTokens,
+    Dense,
+    EmbedFC,
+    GaussianFourierProjection,
+    SinusoidalEmbedding,
+    as_time_batch,
+    sinusoidal_embedding,
+)
+from .score_unet import ConditionalScoreUNet, LatentScoreUNet, ResidualScoreUNet, ScoreUNet
+
+__all__ = [
+    "as_time_batch",
+    "sinusoidal_embedding",
+    "SinusoidalEmbedding",
+    "GaussianFourierProjection",
+    "EmbedFC",
+    "Dense",
+    "ContextTokens",
+    "ResidualConvBlock",
+    "UnetDown",
+    "UnetUp",
+    "ResnetBlock",
+    "CrossAttention",
+    "TransformerBlock",
+    "SpatialTransformer",
+    "ContextUnet",
+    "ScoreUNet",
+    "ResidualScoreUNet",
+    "ConditionalScoreUNet",
+    "LatentScoreUNet",
+    "AutoEncoder",
+    "reconstruction_loss",
+    "edge_loss",
+]
