@@ -23,16 +23,17 @@ def null_context_like(model, context: Tensor) -> Tensor:
     """The "no condition" context matching `context`, for the unconditional half of guidance.
 
     Float contexts (ContextUnet's one-hot vectors, text embeddings) use all zeros; integer class ids
-    use the model's reserved null id, `model.num_classes`. A model may define `null_context(context)`.
+    use the model's reserved null id, `model.null_id`. A model may define `null_context(context)`.
     """
     if hasattr(model, "null_context"):
         return model.null_context(context)
     if context.is_floating_point():
         return torch.zeros_like(context)
-    if hasattr(model, "num_classes"):
-        return torch.full_like(context, int(model.num_classes))
+    null_id = getattr(model, "null_id", getattr(model, "num_classes", None))
+    if null_id is not None:
+        return torch.full_like(context, int(null_id))
     raise ValueError("guidance needs an unconditional context: pass uncond_context=, or give the model a "
-                     "`num_classes` attribute (its reserved null class id)")
+                     "`null_id` attribute (its reserved null class id)")
 
 
 def guided_output(model, x: Tensor, t: Tensor, context: Optional[Tensor], guidance_scale: Optional[float],
