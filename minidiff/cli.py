@@ -1,0 +1,264 @@
+"""The command line: ``python -m minidiff train | sample | eval | bench`` (also installed as ``minidiff``).
+
+    minidiff train --preset quick --out runs/quick
+    torchrun --nproc_per_node=2 -m minidiff train --preset course      # data-parallel, same command
+    minidiff sample --checkpoint runs/quick/checkpoint.pt --n 64 --out grid.png --gif traj.gif --context hero
+
+A mistake in what you typed (a missing file, a bad value) ends with exit code 2 and ONE line on
+stderr saying what is wrong; a failure while running (NaN loss, disk full) with exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from typing import List, Optional
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, KeyError)
+RUN_ERRORS = (FloatingPointError, OSError, RuntimeError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (plus where to get help), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .presets import PRESETS
+
+    parser = _Parser(prog="minidiff", description="minidiff: diffusion models from scratch in PyTorch.")
+    commands = parser.add_subparsers(dest="command", metavar="{train,sample,eval,bench}", parser_class=_Parser)
+    commands.required = True
+
+    train = commands.add_parser(
+        "train", help="train a model from a preset or a JSON config",
+        description="Train a diffusion model. Runs data-parallel when launched with torchrun "
+                    "(--batch-size stays the GLOBAL batch; the learning rate is not rescaled).",
+        epilog="presets: " + "; ".join(f"{k}: {v['description']}" for k, v in PRESETS.items()))
+    train.add_argument("--preset", choices=sorted(PRESETS), help="a ready-made run (default: smoke)")
+    train.add_argument("--config", metavar="FILE", help="JSON run description (sections model, schedule or sde, "
+                       "data, train; may name a base \"preset\")")
+    train.add_argument("--data", metavar="DIR", help="train on your own images from this folder (no labels)")
+    train.add_argument("--image-size", type=int, metavar="N", help="with --data: resize images to N x N "
+                       "(default: the model's height)")
+    train.add_argument("--sprites", metavar="FILE", help="the course's sprites .npy (with --labels)")
+    train.add_argument("--labels", metavar="FILE", help="the course's labels .npy (with --sprites)")
+    train.add_argument("--out", metavar="DIR", help="output folder (default: runs/<preset>)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    train.add_argument("--steps", type=int, help="override the number of optimiser steps")
+    train.add_argument("--epochs", type=int, help="override the number of epochs (clears --steps)")
+    train.add_argument("--batch-size", type=int, help="override the global batch size")
+    train.add_argument("--lr", type=float, help="override the peak learning rate")
+    train.add_argument("--device", help="cpu | cuda | cuda:N | auto (default)")
+    train.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], help="autocast dtype")
+    train.add_argument("--seed", type=int, help="override the seed")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sample = commands.add_parser(
+        "sample", help="draw samples from a checkpoint into a PNG grid (and a GIF)",
+        description="Sample from a checkpoint (EMA weights). Discrete-time samplers: ddpm, ddim, dpmpp_2m, "
+                    "euler, heun; SDE checkpoints: euler_maruyama, pc, ode.")
+    sample.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint written by train")
+    sample.add_argument("--sampler", help="default: ddim (SDE checkpoints: euler_maruyama)")
+    sample.add_argument("--steps", type=int, help="sampling steps (default: 25; SDE checkpoints: 500)")
+    sample.add_argument("--eta", type=float, default=0.0, help="DDIM noise, 0 = deterministic (default 0)")
+    sample.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    sample.add_argument("--nrow", type=int, help="images per grid row (default: square)")
+    sample.add_argument("--out", default="samples.png", metavar="PNG", help="grid PNG (default samples.png)")
+    sample.add_argument("--gif", metavar="GIF", help="also write the denoising trajectory as a GIF")
+    sample.add_argument("--context", help="condition: a class name (hero), an index (3) or a vector (0,1,0,0,0)")
+    sample.add_argument("--guidance", type=float, metavar="W", help="classifier-free guidance scale (needs --context)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument("--scale", type=int, default=4, help="pixel enlargement of the PNG/GIF (default 4)")
+    sample.add_argument("--device", default="auto", help="cpu | cuda | auto (default)")
+    sample.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
+
+    for name, module, what in (("eval", "minidiff.metrics", "sample-quality metrics of a checkpoint"),
+                               ("bench", "benchmarks.run_all", "speed benchmarks, CPU vs CUDA")):
+        sub = commands.add_parser(name, help=what, add_help=False, description=f"{what} (handled by {module})")
+        sub.add_argument("args", nargs="*", help=f"passed on to {module}.main")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("eval", "bench"):                         # their own modules parse their arguments
+        command, run = argv[0], lambda: cmd_delegate(argv[0], argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
+        command, run = args.command, lambda: (cmd_train if args.command == "train" else cmd_sample)(args)
+    try:
+        return run()
+    except KeyboardInterrupt:
+        print(f"minidiff {command}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as error:
+        return _fail(command, error, 2)
+    except RUN_ERRORS as error:
+        return _fail(command, error, 1)
+
+
+def _fail(command: str, error: BaseException, code: int) -> int:
+    message = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, KeyError):
+        message = f"missing entry {message}"
+    print(f"minidiff {command}: error: {message}", file=sys.stderr)
+    return code
+
+
+# -------------------------------------------------------------------------------------- train
+def cmd_train(args) -> int:
+    from . import distributed
+    from .presets import build_run, resolve
+    from .train import Trainer
+
+    run = resolve(args.preset, args.config)
+    _apply_overrides(run, args)
+    out_dir = args.out or os.path.join("runs", run.get("preset") or "custom")
+    info = distributed.setup()
+    try:
+        built = build_run(run, out_dir=out_dir)
+        if args.no_progress:
+            built.config.progress = False
+        trainer = Trainer(built.model, built.dataset, built.config, schedule=built.schedule, sde=built.sde)
+        if info.is_main:
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, "config.json"), "w") as f:
+                json.dump({k: v for k, v in run.items() if k != "description"}, f, indent=2)
+        trainer.fit(resume=args.resume)
+        if info.is_main:
+            print(f"trained {trainer.step} steps; checkpoint {trainer.checkpoint_path()}")
+    finally:
+        distributed.teardown()
+    return 0
+
+
+def _apply_overrides(run: dict, args) -> None:
+    train = run.setdefault("train", {})
+    for name in ("steps", "batch_size", "lr", "device", "mixed_precision", "seed"):
+        if getattr(args, name) is not None:
+            train[name] = getattr(args, name)
+    if args.epochs is not None:
+        train["epochs"], train["steps"] = args.epochs, None
+    if (args.sprites is None) != (args.labels is None):
+        raise ValueError("--sprites and --labels go together")
+    if args.data is not None and args.sprites is not None:
+        raise ValueError("choose one of --data and --sprites/--labels")
+    if args.sprites is not None:
+        run["data"] = {"kind": "sprite_files", "sprites_path": args.sprites, "labels_path": args.labels}
+    if args.data is not None:
+        size = args.image_size or run["model"].get("kwargs", {}).get("height")
+        if size is None:
+            raise ValueError("--data needs --image-size N for this model")
+        run["data"] = {"kind": "image_folder", "root": args.data, "size": size}
+
+
+# -------------------------------------------------------------------------------------- sample
+def cmd_sample(args) -> int:
+    import torch
+
+    from . import checkpoint as ckpt
+    from . import imaging
+    from .schedule import NoiseSchedule
+
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    checkpoint = ckpt.load_checkpoint(args.checkpoint)
+    model = ckpt.model_from_checkpoint(checkpoint, ema=not args.raw, device=device, path=args.checkpoint)
+    process = ckpt.schedule_or_sde_from_checkpoint(checkpoint)
+    if process is None:
+        raise ValueError(f"{args.checkpoint} records neither a noise schedule nor an SDE; it cannot be sampled")
+    shape = (args.n, *_image_shape(checkpoint["model"]))
+    context = parse_context(args.context, model, args.n) if args.context is not None else None
+    generator = torch.Generator().manual_seed(args.seed)
+    want_gif = args.gif is not None
+    if isinstance(process, NoiseSchedule):
+        from .samplers import sample
+        prediction_type = (checkpoint.get("train_config") or {}).get("prediction_type", "epsilon")
+        result = sample(model, process, shape, sampler=args.sampler or "ddim", steps=args.steps or 25, eta=args.eta,
+                        context=context, guidance_scale=args.guidance, prediction_type=prediction_type,
+                        generator=generator, return_trajectory=want_gif, progress=True)
+    else:
+        from .sde import sde_sample
+        result = sde_sample(model, process, shape, method=args.sampler or "euler_maruyama", steps=args.steps or 500,
+                            context=context, guidance_scale=args.guidance, generator=generator,
+                            return_trajectory=want_gif, progress=True)
+    x, trajectory = result if want_gif else (result, None)
+    imaging.save_image_grid(x, args.out, nrow=args.nrow, scale=args.scale)
+    print(f"wrote {args.out}")
+    if want_gif:
+        imaging.save_trajectory_gif(trajectory["x"], args.gif, nrow=args.nrow, scale=args.scale)
+        print(f"wrote {args.gif}")
+    return 0
+
+
+def _image_shape(spec: dict) -> tuple:
+    """[C, H, W] of the images a recorded model makes (ContextUnet: in_channels, height)."""
+    kwargs = spec.get("kwargs") or {}
+    channels = kwargs.get("in_channels", 3 if spec["class"] == "ContextUnet" else 1)
+    size = kwargs.get("height", kwargs.get("image_size", 16 if spec["class"] == "ContextUnet" else 28))
+    return (int(channels), int(size), int(size))
+
+
+def parse_context(text: str, model, n: int):
+    """--context as a batch of n: "hero" / "3" / "0,1,0,0,0" -> float [n, K] vectors or int64 [n] class ids."""
+    import torch
+
+    n_cfeat = getattr(model, "n_cfeat", None)                          # float-vector models (ContextUnet)
+    null_id = getattr(model, "null_id", getattr(model, "num_classes", None))   # class-id models
+    if n_cfeat is None and null_id is None:
+        raise ValueError(f"{type(model).__name__} takes no context; drop --context")
+    text = text.strip()
+    if "," in text:
+        if n_cfeat is None:
+            raise ValueError(f"{type(model).__name__} takes a class id, not a vector: use --context N")
+        values = [float(v) for v in text.split(",")]
+        if len(values) != n_cfeat:
+            raise ValueError(f"--context needs {n_cfeat} comma-separated numbers, got {len(values)}")
+        return torch.tensor(values).expand(n, -1).clone()
+    if text.lstrip("-").isdigit():
+        index = int(text)
+    else:
+        from .data import CLASS_NAMES
+        if n_cfeat != len(CLASS_NAMES) or text not in CLASS_NAMES:
+            raise ValueError(f"unknown context {text!r}: give a class index, a vector, or one of {list(CLASS_NAMES)}")
+        index = CLASS_NAMES.index(text)
+    classes = n_cfeat if n_cfeat is not None else null_id
+    if not 0 <= index < classes:
+        raise ValueError(f"--context class index must lie in [0, {classes - 1}], got {index}")
+    if n_cfeat is not None:
+        return torch.nn.functional.one_hot(torch.full((n,), index), n_cfeat).float()
+    return torch.full((n,), index, dtype=torch.int64)
+
+
+# -------------------------------------------------------------------------------------- eval / bench
+def cmd_delegate(command: str, argv: List[str]) -> int:
+    """`eval` and `bench` live in other modules, imported only when asked for: module.main(argv) -> int."""
+    module_name = {"eval": "minidiff.metrics", "bench": "benchmarks.run_all"}[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is None or not module_name.startswith(error.name):
+            raise
+        if "-h" in argv or "--help" in argv:
+            print(f"usage: minidiff {command} [ARGS ...]\n\nHanded to {module_name}.main(ARGS), which is not "
+                  f"available in this installation yet.")
+            return 0
+        print(f"minidiff {command}: error: {module_name} is not available in this installation yet",
+              file=sys.stderr)
+        return 2
+    entry = getattr(module, "main", None)
+    if entry is None:
+        print(f"minidiff {command}: error: {module_name} has no main(argv) entry point", file=sys.stderr)
+        return 2
+    return int(entry(argv) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

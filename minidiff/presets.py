@@ -1,0 +1,169 @@
+"""Ready-made training runs, and turning a run description (a plain dict / JSON file) into objects.
+
+A run description has five sections, each plain data:
+
+    {"model":    {"class": "ContextUnet", "kwargs": {"in_channels": 3, "n_feat": 64, "n_cfeat": 5, "height": 16}},
+     "schedule": {"kind": "linear", "T": 500, "beta_start": 1e-4, "beta_end": 0.02},    # or "sde": {...}
+     "data":     {"kind": "sprites", "root": "data/sprites", "n": 89400},
+     "train":    {...TrainConfig fields...}}
+
+A JSON config file may start from a preset with "preset": "quick" and override any section's keys.
+``examples/sprites_ddpm.py`` and ``python -m minidiff train`` both use ``PRESETS`` and ``build_run``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from torch import nn
+
+from .checkpoint import build_model
+from .schedule import NoiseSchedule
+from .train import TrainConfig
+
+_SPRITES_MODEL = {"class": "ContextUnet", "kwargs": {"in_channels": 3, "n_feat": 64, "n_cfeat": 5, "height": 16}}
+_COURSE_SCHEDULE = {"kind": "linear", "T": 500, "beta_start": 1e-4, "beta_end": 0.02}   # the course's DDPM
+
+PRESETS = {
+    # The DeepLearning.AI sprites course: T = 500, beta 1e-4 -> 0.02, ContextUnet(64, 5, 16), batch 100,
+    # lr 1e-3 decayed linearly to 0, 32 epochs over 89,400 sprites (the course's files if present in
+    # data/sprites, else the embedded procedural sprites). Hours on a CPU; minutes on a GPU.
+    "course": {
+        "description": "the sprites course: ContextUnet n_feat=64, T=500, batch 100, lr 1e-3 linear decay, 32 epochs",
+        "model": _SPRITES_MODEL,
+        "schedule": _COURSE_SCHEDULE,
+        "data": {"kind": "sprites", "root": "data/sprites", "n": 89400, "seed": 0},
+        "train": {"epochs": 32, "batch_size": 100, "lr": 1e-3, "decay": "linear", "ema_decay": 0.999,
+                  "log_every": 100, "sample_every": 5000, "checkpoint_every": 2000},
+    },
+    # About 10 minutes on a 2-core CPU: a narrower ContextUnet on 8,000 procedural sprites.
+    "quick": {
+        "description": "about 10 minutes on a laptop CPU: ContextUnet n_feat=32, T=500, 4,000 steps of 64",
+        "model": {"class": "ContextUnet", "kwargs": {"in_channels": 3, "n_feat": 32, "n_cfeat": 5, "height": 16}},
+        "schedule": _COURSE_SCHEDULE,
+        "data": {"kind": "procedural_sprites", "n": 8000, "seed": 0},
+        "train": {"steps": 4000, "batch_size": 64, "lr": 1e-3, "warmup_steps": 100, "decay": "linear",
+                  "ema_decay": 0.995, "log_every": 50, "sample_every": 1000, "checkpoint_every": 500},
+    },
+    # Seconds: checks that everything runs end to end (the samples are noise).
+    "smoke": {
+        "description": "seconds: a tiny ContextUnet for 10 steps, to check the pipeline runs",
+        "model": {"class": "ContextUnet", "kwargs": {"in_channels": 3, "n_feat": 16, "n_cfeat": 5, "height": 16}},
+        "schedule": {"kind": "linear", "T": 100, "beta_start": 1e-4, "beta_end": 0.02},
+        "data": {"kind": "procedural_sprites", "n": 128, "seed": 0},
+        "train": {"steps": 10, "batch_size": 16, "lr": 1e-3, "log_every": 5, "sample_every": 10,
+                  "sample_steps": 5, "samples_per_class": 4, "ema_decay": 0.99},
+    },
+}
+
+SECTIONS = ("preset", "description", "model", "schedule", "sde", "data", "train")
+SCHEDULE_KINDS = {"linear": NoiseSchedule.linear, "scaled_linear": NoiseSchedule.scaled_linear,
+                  "cosine": NoiseSchedule.cosine}
+DATA_KINDS = ("procedural_sprites", "sprites", "sprite_files", "image_folder", "procedural_digits")
+
+
+def resolve(preset: Optional[str] = None, config_path: Optional[str] = None) -> dict:
+    """The run description from a preset, a JSON file (which may name its own base "preset"), or both."""
+    overrides = read_json(config_path) if config_path is not None else {}
+    base_name = overrides.get("preset", preset)
+    if preset is not None and overrides.get("preset") not in (None, preset):
+        raise ValueError(f"--preset {preset} and the config's \"preset\": {overrides['preset']!r} disagree")
+    if base_name is None and config_path is None:
+        base_name = "smoke"
+    if base_name is not None and base_name not in PRESETS:
+        raise ValueError(f"unknown preset {base_name!r}; choose one of {sorted(PRESETS)}")
+    run = copy.deepcopy(PRESETS[base_name]) if base_name is not None else {}
+    run["preset"] = base_name
+    for section, values in overrides.items():
+        if section not in SECTIONS:
+            raise ValueError(f"unknown config section {section!r}; known sections: {list(SECTIONS)}")
+        if section == "sde":
+            run.pop("schedule", None)
+        if isinstance(values, dict) and isinstance(run.get(section), dict) and section != "model":
+            run[section] = {**run[section], **values}
+        else:
+            run[section] = copy.deepcopy(values)
+    for section in ("model", "data", "train"):
+        if section not in run:
+            raise ValueError(f"the run description has no {section!r} section")
+    return run
+
+
+def read_json(path: str) -> dict:
+    """A JSON object from `path`, with errors that name the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"config file {path} is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a JSON object, got {type(values).__name__}")
+    return values
+
+
+@dataclass
+class Run:
+    """The objects a run description builds: what ``Trainer(model, dataset, config, schedule, sde)`` takes."""
+
+    model: nn.Module
+    dataset: Any
+    config: TrainConfig
+    schedule: Optional[NoiseSchedule] = None
+    sde: Any = None
+
+
+def build_run(run: dict, out_dir: Optional[str] = None) -> Run:
+    """Build model, dataset, TrainConfig and schedule or SDE from a resolved run description."""
+    train = dict(run["train"])
+    if out_dir is not None:
+        train["out_dir"] = out_dir
+    sde = None
+    if run.get("sde") is not None:
+        from .sde import sde_from_config
+        sde = sde_from_config(run["sde"])
+        train.setdefault("objective", "dsm")
+    schedule = build_schedule(run["schedule"]) if sde is None and run.get("schedule") is not None else None
+    spec = run["model"]
+    if not isinstance(spec, dict) or "class" not in spec:
+        raise ValueError(f"model must look like {{\"class\": name, \"kwargs\": {{...}}}}, got {spec!r}")
+    kwargs = dict(spec.get("kwargs", {}))
+    if sde is not None and spec["class"] in ("ScoreUNet", "ResidualScoreUNet", "ConditionalScoreUNet",
+                                             "LatentScoreUNet"):
+        kwargs.setdefault("sde", sde)                                   # score UNets divide by the marginal std
+    try:
+        model = build_model(spec["class"], **kwargs)
+    except TypeError as error:
+        raise ValueError(f"cannot build {spec['class']} from {spec.get('kwargs')}: {error}") from None
+    return Run(model, build_dataset(run["data"]), TrainConfig.from_dict(train), schedule, sde)
+
+
+def build_schedule(values: dict) -> NoiseSchedule:
+    values = dict(values)
+    kind = values.pop("kind", "linear")
+    if kind not in SCHEDULE_KINDS:
+        raise ValueError(f"schedule kind must be one of {sorted(SCHEDULE_KINDS)}, got {kind!r}")
+    return SCHEDULE_KINDS[kind](**values)
+
+
+def build_dataset(values: dict):
+    """procedural_sprites {n, seed} | sprites {root, n, seed} (course files, else procedural) |
+    sprite_files {sprites_path, labels_path} | image_folder {root, size} | procedural_digits {n, seed, size}."""
+    from . import data
+
+    values = dict(values)
+    kind = values.pop("kind", None)
+    builders = {"procedural_sprites": data.ProceduralSprites, "sprites": data.load_sprites,
+                "sprite_files": data.SpritesDataset, "image_folder": data.ImageFolder,
+                "procedural_digits": data.ProceduralDigits}
+    if kind not in builders:
+        raise ValueError(f"data kind must be one of {list(builders)}, got {kind!r}")
+    try:
+        return builders[kind](**values)
+    except TypeError as error:
+        raise ValueError(f"bad arguments for data kind {kind!r}: {error}") from None

@@ -1,0 +1,485 @@
+"""Training: the typed TrainConfig, the learning-rate schedule, the EMA of the weights and the Trainer.
+
+    trainer = Trainer(model, dataset, TrainConfig(steps=2000, batch_size=100), schedule=schedule)
+    trainer.fit()                     # or trainer.fit(resume=True) to continue from out_dir/checkpoint.pt
+
+One optimiser step (Ho et al. 2020, Algorithm 1, plus the usual engineering):
+    take the next global batch -> split it into shards -> per shard: drop the context with probability
+    p (classifier-free guidance, Ho & Salimans 2022), compute the loss under autocast, backpropagate
+    -> clip the gradient norm -> AdamW step at lr(step) -> update the EMA weights.
+
+Randomness that makes runs reproducible and resumable bit for bit:
+  * data order: a DistributedSampler seeded with `seed`, reshuffled per epoch (seed + epoch); the
+    checkpoint records the epoch and the position in it;
+  * the noise, the time steps and the context-dropout mask of a step come from a generator seeded
+    by (seed, step, shard) alone. A global batch is cut into S = W x A shards (W processes, A
+    gradient-accumulation micro-batches); shard s holds the batch's samples s, s + S, s + 2S, ...
+    (exactly what DistributedSampler hands rank s % W). So W processes with A micro-batches each
+    see the same samples with the same noise as 1 process with W x A micro-batches, and reach the
+    same weights up to floating-point summation order (tested with W = 2 on CPU).
+  * batch_size is the GLOBAL batch; the learning rate is not rescaled with W (see distributed.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from . import distributed, imaging
+from .losses import diffusion_loss
+from .schedule import NoiseSchedule
+
+Decay = Literal["linear", "cosine", "constant"]
+DECAYS = ("linear", "cosine", "constant")
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
+OBJECTIVES = ("diffusion", "dsm")
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. Saved in every checkpoint."""
+
+    steps: Optional[int] = None           # optimiser steps in all; None: `epochs` passes over the data
+    epochs: int = 1                       # used only when steps is None (the course trains 32 epochs)
+    batch_size: int = 100                 # GLOBAL images per optimiser step (split over processes)
+    grad_accum_steps: int = 1             # micro-batches per process per step (same result, less memory)
+    lr: float = 1e-3                      # peak learning rate (the course: 1e-3)
+    warmup_steps: int = 0                 # linear warm-up from lr/warmup to lr over these steps
+    decay: str = "linear"                 # after warm-up: "linear" to min_lr (the course) | "cosine" | "constant"
+    min_lr: float = 0.0                   # the learning rate reached at the last step
+    weight_decay: float = 0.0             # AdamW's decoupled weight decay
+    adam_betas: tuple = (0.9, 0.999)      # AdamW's moment decay rates
+    grad_clip: Optional[float] = 1.0      # clip the global gradient norm to this; None: no clipping
+    ema_decay: float = 0.999              # EMA weights: ema = d * ema + (1 - d) * w after every step
+    ema_warmup: bool = True               # use d_k = min(ema_decay, (1 + k) / (10 + k)) early on
+    context_dropout: float = 0.1          # probability of replacing a sample's context by "no context"
+    mixed_precision: str = "no"           # "no" | "bf16" | "fp16" autocast (fp16 with a GradScaler; CUDA)
+    channels_last: bool = False           # NHWC memory layout (faster convolutions on recent GPUs)
+    compile: bool = False                 # torch.compile the model for training
+    seed: int = 0                         # seeds data order, noise, context dropout and sample grids
+    objective: str = "diffusion"          # "diffusion" (Ho et al., with a NoiseSchedule) | "dsm" (with an SDE)
+    prediction_type: str = "epsilon"      # the network's target: "epsilon" | "sample" | "v_prediction"
+    loss_weighting: str = "none"          # "none" | "min_snr" (see losses.diffusion_loss)
+    dsm_eps: float = 1e-5                 # smallest SDE time drawn by the dsm objective
+    log_every: int = 50                   # write a row to loss.csv (and redraw loss.png) this often
+    sample_every: int = 0                 # write a sample grid this often (0: only at the end if > 0 steps)
+    sample_steps: int = 25                # DDIM steps (or SDE steps) for those grids
+    samples_per_class: int = 8            # columns of a grid (rows: classes, or 8 rows if unconditional)
+    checkpoint_every: int = 0             # write out_dir/checkpoint.pt this often (and always at the end)
+    out_dir: Optional[str] = None         # where files go; None: train in memory, write nothing
+    device: str = "auto"                  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:1" ...
+    num_workers: int = 0                  # DataLoader worker processes
+    progress: bool = True                 # show a tqdm bar with loss, lr and images/s
+
+    def __post_init__(self):
+        def check(name, value, allowed):
+            if value not in allowed:
+                raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {value!r}")
+        check("decay", self.decay, DECAYS)
+        check("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
+        check("objective", self.objective, OBJECTIVES)
+        if self.steps is not None and self.steps < 0:
+            raise ValueError(f"TrainConfig.steps must be >= 0, got {self.steps}")
+        for name in ("batch_size", "grad_accum_steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.context_dropout <= 1.0:
+            raise ValueError(f"TrainConfig.context_dropout must lie in [0, 1], got {self.context_dropout}")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError(f"TrainConfig.ema_decay must lie in [0, 1], got {self.ema_decay}")
+        self.adam_betas = tuple(self.adam_betas)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """Build from a plain dict; unknown keys are an error that lists the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**values)
+
+
+def lr_at(step: int, config: TrainConfig, total_steps: int) -> float:
+    """The learning rate of optimiser step `step` (0-based) of `total_steps`.
+
+    Warm-up: lr * (step + 1) / warmup_steps, reaching lr at step warmup_steps - 1. Then with progress
+    p = (step - warmup) / (total - warmup) in [0, 1): linear lr + (min_lr - lr) p, cosine
+    min_lr + (lr - min_lr) (1 + cos(pi p)) / 2, or constant lr.
+    """
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.decay == "constant":
+        return config.lr
+    p = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+    if config.decay == "linear":
+        return config.lr + (config.min_lr - config.lr) * p
+    return config.min_lr + (config.lr - config.min_lr) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+class EMA:
+    """An exponential moving average of a model's weights (Polyak averaging); sampling uses it."""
+
+    def __init__(self, model: nn.Module):
+        import copy
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float) -> None:
+        """ema = decay * ema + (1 - decay) * w for every parameter; buffers (BatchNorm stats) are copied."""
+        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+            ema_p.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
+        for ema_b, b in zip(self.model.buffers(), model.buffers()):
+            ema_b.copy_(b)
+
+
+def shard_generator(seed: int, step: int, shard: int) -> torch.Generator:
+    """The CPU generator for the noise, times and dropout of one shard of one step (see module docstring)."""
+    state = np.random.SeedSequence([seed, step, shard]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def drop_context(context: Optional[Tensor], p: float, generator: torch.Generator, null_id=None) -> Optional[Tensor]:
+    """Replace each sample's context by "no context" with probability p.
+
+    float vectors [B, ...] (one-hot, mixtures) -> zeros; int class ids [B] -> `null_id`; None stays None.
+    """
+    if context is None or p <= 0:
+        return context
+    drop = torch.rand(context.shape[0], generator=generator) < p            # [B] bool
+    drop = drop.to(context.device)
+    if context.is_floating_point():
+        return context * (~drop).reshape(-1, *([1] * (context.ndim - 1))).to(context.dtype)
+    if null_id is None:
+        raise ValueError("context dropout on integer class ids needs the model's null id "
+                         "(a `null_id` or `num_classes` attribute); or set context_dropout=0")
+    return torch.where(drop, torch.full_like(context, int(null_id)), context)
+
+
+def _split(batch):
+    """A DataLoader batch -> (images [B, C, H, W], context or None)."""
+    if torch.is_tensor(batch):
+        return batch, None
+    if isinstance(batch, (list, tuple)) and len(batch) >= 1:
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    raise ValueError(f"a dataset item must be an image tensor or (image, context), got {type(batch).__name__}")
+
+
+def _null_id(model: nn.Module):
+    return getattr(model, "null_id", getattr(model, "num_classes", None))
+
+class Trainer:
+    """Trains a diffusion model (objective "diffusion" + NoiseSchedule) or a score model ("dsm" + SDE).
+
+    model: any network called ``model(x, t, context=None)``. dataset: items ``(image [C, H, W], context)``
+    or just ``image``. model_kwargs: the model's constructor kwargs, recorded so checkpoints can rebuild
+    it (not needed for a model made by ``checkpoint.build_model``, which remembers them).
+    ``fit()`` trains to the configured end; ``train(n)`` takes n more steps; ``save()`` writes a checkpoint.
+    """
+
+    def __init__(self, model: nn.Module, dataset, config: Optional[TrainConfig] = None,
+                 schedule: Optional[NoiseSchedule] = None, sde=None, model_kwargs: Optional[dict] = None):
+        self.config = c = config if config is not None else TrainConfig()
+        if c.objective == "diffusion" and schedule is None:
+            raise ValueError("objective 'diffusion' needs schedule=NoiseSchedule(...)")
+        if c.objective == "dsm" and sde is None:
+            raise ValueError("objective 'dsm' needs sde=VESDE(...) / VPSDE(...) / SubVPSDE(...)")
+        self.schedule, self.sde, self.dataset = schedule, sde, dataset
+        self.dist = distributed.current()
+        self.device = _pick_device(c.device, self.dist)
+        if c.mixed_precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("mixed_precision='fp16' needs a CUDA device; use 'bf16' or 'no' on the CPU")
+
+        self.model_spec = ckpt.model_spec(model, model_kwargs)
+        self.model = model.to(self.device)
+        if c.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.image_shape, self.example_context = self._check_model_takes_data()
+        self.ema = EMA(self.model)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, betas=c.adam_betas,
+                                           weight_decay=c.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.mixed_precision == "fp16")
+
+        world, shards = self.dist.world_size, self.dist.world_size * c.grad_accum_steps
+        if c.batch_size % shards:
+            raise ValueError(f"batch_size {c.batch_size} must be divisible by processes x grad_accum_steps = {shards}")
+        self.local_batch = c.batch_size // world                          # images per process per step
+        self.sampler = DistributedSampler(dataset, num_replicas=world, rank=self.dist.rank, shuffle=True,
+                                          seed=c.seed, drop_last=True)
+        self.steps_per_epoch = len(self.sampler) // self.local_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"the dataset has {len(dataset)} images, fewer than one batch of {c.batch_size}")
+        self.total_steps = c.steps if c.steps is not None else c.epochs * self.steps_per_epoch
+        self.step = self.epoch = self.batch_in_epoch = 0                  # where training stands
+        self.history = []                                                 # [step, loss, lr] per log row
+
+        self.train_model = self.model                                     # what the loss calls
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        if c.compile:
+            self.train_model = torch.compile(self.train_model)
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, batch) -> tuple:
+        """One optimiser step on a batch from the loader; returns (mean loss over all processes, lr)."""
+        import contextlib
+        c, world, rank, A = self.config, self.dist.world_size, self.dist.rank, self.config.grad_accum_steps
+        x, context = _split(batch)
+        x = x.to(self.device, non_blocking=True)
+        if c.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        context = context.to(self.device, non_blocking=True) if context is not None else None
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for k in range(A):                                                # micro-batch k is shard k * W + rank
+            generator = shard_generator(c.seed, self.step, k * world + rank)
+            x_k = x[k::A]                                                  # [B / (W A), C, H, W]
+            c_k = drop_context(context[k::A] if context is not None else None, c.context_dropout, generator,
+                               _null_id(self.model))
+            last = k == A - 1
+            sync = contextlib.nullcontext() if last or world == 1 else self.train_model.no_sync()
+            with sync:
+                with self._autocast():
+                    loss = self._loss(x_k, c_k, generator)
+                self.scaler.scale(loss / A).backward()
+            total += loss.detach().float() / A
+        value = distributed.all_reduce_mean(total).item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"the loss is {value} at step {self.step + 1}; stopping before the update "
+                                     f"(no checkpoint is written with it). Try a lower lr or grad_clip.")
+
+        lr = lr_at(self.step, c, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if c.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+            if not self.scaler.is_enabled() and not torch.isfinite(norm):
+                raise FloatingPointError(f"the gradient norm is {norm.item()} at step {self.step + 1}; stopping")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        decay = min(c.ema_decay, (1 + self.step) / (10 + self.step)) if c.ema_warmup else c.ema_decay
+        self.ema.update(self.model, decay)
+        return value, lr
+
+    def _loss(self, x: Tensor, context: Optional[Tensor], generator: torch.Generator) -> Tensor:
+        c = self.config
+        if c.objective == "diffusion":
+            return diffusion_loss(self.train_model, x, self.schedule, c.prediction_type, context,
+                                  c.loss_weighting, generator=generator)
+        from .losses import dsm_loss
+        return dsm_loss(self.train_model, x, self.sde, eps=c.dsm_eps, context=context, generator=generator)
+
+    def _autocast(self):
+        import contextlib
+        if self.config.mixed_precision == "no":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.mixed_precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # ------------------------------------------------------------------ the loop
+    def _batches(self):
+        """Per-process batches from where training stands (epoch, batch_in_epoch), forever."""
+        while True:
+            self.sampler.set_epoch(self.epoch)                            # shuffle with seed + epoch
+            indices = list(self.sampler)[self.batch_in_epoch * self.local_batch:
+                                         self.steps_per_epoch * self.local_batch]
+            loader = DataLoader(self.dataset, batch_size=self.local_batch, sampler=indices, drop_last=True,
+                                num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda")
+            for batch in loader:
+                self.batch_in_epoch += 1
+                if self.batch_in_epoch == self.steps_per_epoch:
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                yield batch
+
+    def fit(self, resume: bool = False) -> "Trainer":
+        """Train until the configured end; with resume, first continue from out_dir/checkpoint.pt if it exists."""
+        path = self.checkpoint_path()
+        if resume and path is not None and os.path.isfile(path):
+            self.load_state(ckpt.load_checkpoint(path))
+        return self.train(max(0, self.total_steps - self.step))
+
+    def train(self, steps: int) -> "Trainer":
+        """Take `steps` more optimiser steps, logging, sampling and checkpointing as configured."""
+        c, main = self.config, self.dist.is_main
+        end = self.step + steps
+        batches = self._batches()
+        bar = tqdm(total=end, initial=self.step, desc="train", disable=not (c.progress and main), dynamic_ncols=True)
+        window, window_start = [], time.perf_counter()
+        self.model.train()
+        try:
+            while self.step < end:
+                loss, lr = self.train_step(next(batches))
+                window.append(loss)
+                seconds = time.perf_counter() - window_start
+                images_per_s = len(window) * c.batch_size / max(seconds, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.0f}", refresh=False)
+                if self.step % c.log_every == 0 or self.step == end:
+                    self._log(float(np.mean(window)), lr, images_per_s)
+                    window, window_start = [], time.perf_counter()
+                if c.sample_every and self.step % c.sample_every == 0 and self.step != end:
+                    self.sample_grid()
+                if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.step != end:
+                    self.save()
+        finally:
+            bar.close()
+        if c.out_dir is not None and steps > 0:
+            self.save()
+            if c.sample_every:
+                self.sample_grid()
+        return self
+
+    def _log(self, loss: float, lr: float, images_per_s: float) -> None:
+        self.history.append([self.step, loss, lr])
+        if self.config.out_dir is None or not self.dist.is_main:
+            return
+        os.makedirs(self.config.out_dir, exist_ok=True)
+        path = os.path.join(self.config.out_dir, "loss.csv")
+        new = not os.path.isfile(path)
+        with open(path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(["step", "epoch", "loss", "lr", "images_per_s"])
+            writer.writerow([self.step, self.epoch, f"{loss:.6g}", f"{lr:.6g}", f"{images_per_s:.1f}"])
+        steps, losses = [row[0] for row in self.history], [row[1] for row in self.history]
+        imaging.save_loss_curve(steps, losses, os.path.join(self.config.out_dir, "loss.png"))
+
+    # ------------------------------------------------------------------ samples
+    @torch.no_grad()
+    def sample_grid(self, path: Optional[str] = None):
+        """Sample with the EMA weights: one row per class (up to 10) or 8 unconditional rows. Returns [N, C, H, W]."""
+        c, m, context = self.config, self.config.samples_per_class, self.example_context
+        labels = None
+        if context is not None and context.is_floating_point():           # one-hot vectors [K]
+            k = min(context.shape[-1], 10)
+            contexts = torch.eye(context.shape[-1])[:k].repeat_interleave(m, 0)
+            labels = self._class_names(k)
+        elif context is not None:                                        # integer class ids
+            k = min(int(_null_id(self.model) or 10), 10)
+            contexts, labels = torch.arange(k).repeat_interleave(m), self._class_names(k)
+        shape = ((len(labels) if labels else 8) * m, *self.image_shape)
+        generator = torch.Generator().manual_seed(c.seed)
+        contexts = contexts.to(self.device) if context is not None else None
+        if c.objective == "diffusion":
+            from .samplers import sample
+            x = sample(self.ema.model, self.schedule, shape, sampler="ddim", steps=min(c.sample_steps, self.schedule.T),
+                       context=contexts, prediction_type=c.prediction_type, generator=generator, progress=False)
+        else:
+            from .sde import sde_sample
+            x = sde_sample(self.ema.model, self.sde, shape, steps=c.sample_steps, context=contexts,
+                           generator=generator, progress=False)
+        if path is None and c.out_dir is not None:
+            path = os.path.join(c.out_dir, "samples", f"step_{self.step:06d}.png")
+        if path is not None and self.dist.is_main:
+            if labels:
+                imaging.save_class_grid(x.reshape(len(labels), m, *self.image_shape), labels, path)
+            else:
+                imaging.save_image_grid(x, path, nrow=m)
+        return x
+
+    def _class_names(self, k: int) -> list:
+        names = getattr(self.dataset, "class_names", None)
+        if names is None and self.example_context is not None and self.example_context.is_floating_point():
+            from .data.sprites import CLASS_NAMES, SpriteArrays
+            names = CLASS_NAMES if isinstance(self.dataset, SpriteArrays) else None
+        return [str(names[i]) if names is not None and i < len(names) else str(i) for i in range(k)]
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_path(self) -> Optional[str]:
+        return os.path.join(self.config.out_dir, CHECKPOINT_NAME) if self.config.out_dir is not None else None
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit for bit, as a checkpoint dict (see checkpoint.py)."""
+        return ckpt.make_checkpoint(
+            self.model, model_kwargs=self.model_spec["kwargs"], schedule=self.schedule, sde=self.sde,
+            ema_model=self.ema.model, optimizer=self.optimizer, grad_scaler=self.scaler, step=self.step,
+            data={"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "history": self.history},
+            train_config=self.config.to_dict())
+
+    def save(self, path: Optional[str] = None) -> Optional[str]:
+        """Write a checkpoint (rank 0 only) to `path` or out_dir/checkpoint.pt; never with non-finite weights."""
+        path = path if path is not None else self.checkpoint_path()
+        if path is None:
+            raise ValueError("save() needs a path when TrainConfig.out_dir is None")
+        if self.dist.is_main:
+            ckpt.write_checkpoint(path, self.state_dict())
+        return path
+
+    def load_state(self, checkpoint: dict) -> None:
+        """Continue from a checkpoint dict written by ``save`` (weights, EMA, optimiser, step, data order, RNG)."""
+        name = checkpoint["model"]["class"]
+        if name != type(self.model).__name__:
+            raise ckpt.CheckpointError(f"the checkpoint holds a {name}, not a {type(self.model).__name__}")
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.ema.model.load_state_dict(checkpoint["ema_state_dict"] or checkpoint["state_dict"])
+        if checkpoint.get("optimizer") is not None:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("grad_scaler") is not None:
+            self.scaler.load_state_dict(checkpoint["grad_scaler"])
+        self.step = int(checkpoint["step"])
+        data = checkpoint.get("data") or {}
+        self.epoch, self.batch_in_epoch = int(data.get("epoch", 0)), int(data.get("batch_in_epoch", 0))
+        self.history = [list(row) for row in data.get("history", [])]
+        ckpt.set_rng_state(checkpoint["rng"])
+
+    @classmethod
+    def resume(cls, path: str, dataset, model_classes: Optional[dict] = None, **config_changes) -> "Trainer":
+        """A Trainer rebuilt from the checkpoint at `path` alone (model, schedule/SDE, config), ready to go on."""
+        checkpoint = ckpt.load_checkpoint(path)
+        model = ckpt.model_from_checkpoint(checkpoint, ema=False, classes=model_classes, path=os.fspath(path))
+        config = TrainConfig.from_dict({**(checkpoint.get("train_config") or {}), **config_changes})
+        process = ckpt.schedule_or_sde_from_checkpoint(checkpoint)
+        schedule, sde = (process, None) if isinstance(process, NoiseSchedule) else (None, process)
+        trainer = cls(model.train(), dataset, config, schedule=schedule, sde=sde)
+        trainer.load_state(checkpoint)
+        return trainer
+
+    # ------------------------------------------------------------------ checks
+    def _check_model_takes_data(self):
+        """One forward pass on dataset[0]: a clear error now instead of a shape error deep in step 1."""
+        x, context = _split(self.dataset[0])
+        x = torch.as_tensor(x)
+        context = torch.as_tensor(context) if context is not None else None
+        batch_context = context[None].to(self.device) if context is not None else None
+        t = torch.ones(1, device=self.device)
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                out = self.model(x[None].to(self.device), t, batch_context)
+        except (RuntimeError, ValueError) as error:
+            raise ValueError(f"{type(self.model).__name__} cannot take this dataset's images of shape "
+                             f"{tuple(x.shape)}: {str(error).splitlines()[0]}") from None
+        finally:
+            self.model.train()
+        if tuple(out.shape[1:]) != tuple(x.shape):
+            raise ValueError(f"{type(self.model).__name__} maps images of shape {tuple(x.shape)} to "
+                             f"{tuple(out.shape[1:])}; a diffusion model must return the input's shape")
+        return tuple(x.shape), context
+
+
+def _pick_device(name: str, info: distributed.DistributedInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", info.local_rank if info.enabled else torch.cuda.current_device())
+    return device
