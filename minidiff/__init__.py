@@ -3,12 +3,18 @@
     import minidiff as md
     s = md.NoiseSchedule.linear(T=1000)
     x = md.sample(model, s, (16, 3, 16, 16), sampler="ddim", steps=25)
+
+The public names below are the contract of ../shared/DESIGN.md; the README's architecture map says
+which file holds which concept.
 """
 
 __version__ = "0.1.0"
 
+from . import data, imaging, nn
+from .checkpoint import load_checkpoint, load_model, load_pipeline, save_checkpoint
 from .guidance import Denoiser, guided_output, null_context_like
-from .losses import diffusion_loss
+from .likelihood import log_likelihood
+from .losses import diffusion_loss, dsm_loss
 from .samplers import SAMPLERS, ddim_invert, sample
 from .schedule import (
     NoiseSchedule,
@@ -18,9 +24,14 @@ from .schedule import (
     x0_eps_from_v,
     x0_from_eps,
 )
+from .sde import SDE, SubVPSDE, VESDE, VPSDE, as_score_model, sde_from_config, sde_sample
+from .train import TrainConfig, Trainer
 
 __all__ = [
     "NoiseSchedule", "sample", "SAMPLERS", "ddim_invert",
-    "Denoiser", "guided_output", "null_context_like", "diffusion_loss",
+    "Denoiser", "guided_output", "null_context_like", "diffusion_loss", "dsm_loss",
     "x0_from_eps", "eps_from_x0", "v_from_x0_eps", "x0_eps_from_v", "x0_eps_from_output",
+    "SDE", "VESDE", "VPSDE", "SubVPSDE", "sde_sample", "log_likelihood", "as_score_model", "sde_from_config",
+    "Trainer", "TrainConfig", "load_model", "load_pipeline", "load_checkpoint", "save_checkpoint",
+    "data", "imaging", "nn",
 ]
