@@ -125,8 +125,8 @@ class VESDE(SDE):
             self._kwargs = {"sigma": sigma}
         else:                                                      # the geometric SDE of Song et al.
             if sigma is not None or sigma_min is None or sigma_max is None:
-                raise ValueError("give either sigma (the tutorial's VE SDE) or both sigma_min and sigma_max "
-                                 f"(the geometric one), got sigma={sigma}, sigma_min={sigma_min}, sigma_max={sigma_max}")
+                raise ValueError("give either sigma (the tutorial's VE SDE) or both sigma_min and sigma_max (the "
+                                 f"geometric one), got sigma={sigma}, sigma_min={sigma_min}, sigma_max={sigma_max}")
             sigma_min, sigma_max = float(sigma_min), float(sigma_max)
             if not (0 < sigma_min < sigma_max < math.inf):
                 raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
@@ -276,7 +276,9 @@ class ScoreFromEps(nn.Module):
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         self.eps_model, self.schedule, self.prediction_type = eps_model, schedule, prediction_type
-        self.num_classes = getattr(eps_model, "num_classes", None)   # the null class id, for guidance
+        for name in ("num_classes", "null_context"):                 # what guidance asks of the model
+            if hasattr(eps_model, name):
+                setattr(self, name, getattr(eps_model, name))
 
     def alpha_bar(self, t: Tensor) -> Tensor:
         """alpha_bar at SDE time t, float64 [B] on the CPU."""
@@ -291,7 +293,7 @@ class ScoreFromEps(nn.Module):
         alpha_bar = _per_sample(self.alpha_bar(t).to(device=x.device, dtype=x.dtype), x)
         output = self.eps_model(x, t, context)                             # t_net = (i + 1) / T = t
         _, eps = x0_eps_from_output(output, x, alpha_bar, self.prediction_type)
-        return -eps / torch.sqrt(1 - alpha_bar)                            # score of q(x_t | x_0)
+        return -eps / torch.sqrt(1 - alpha_bar)                            # grad log p_t = -E[eps | x] / sqrt(1 - ab)
 
 
 def as_score_model(eps_model, schedule: NoiseSchedule, prediction_type: PredictionType = "epsilon") -> ScoreFromEps:
