@@ -6,12 +6,15 @@
     context_unet.py  ContextUnet, the sprites course's model
     score_unet.py    ScoreUNet, ResidualScoreUNet, ConditionalScoreUNet, LatentScoreUNet
     autoencoder.py   AutoEncoder (+ variational option), reconstruction_loss
+    basic_unet.py    BasicUNet, corrupt, naive_sample: the Hugging Face course's toy lesson
+    unet2d.py        UNet2D: a configurable UNet (ResNet + attention levels, class embedding)
 
 Every network is called `model(x, t, context=None)` with `t` a float tensor [B] in (0, 1].
 """
 
 from .attention import CrossAttention, SpatialTransformer, TransformerBlock
 from .autoencoder import AutoEncoder, edge_loss, reconstruction_loss
+from .basic_unet import BasicUNet, corrupt, naive_sample
 from .blocks import ResidualConvBlock, ResnetBlock, UnetDown, UnetUp
 from .context_unet import ContextUnet
 from .embeddings import (
@@ -24,6 +27,7 @@ from .embeddings import (
     sinusoidal_embedding,
 )
 from .score_unet import ConditionalScoreUNet, LatentScoreUNet, ResidualScoreUNet, ScoreUNet
+from .unet2d import AttentionBlock, UNet2D
 
 __all__ = [
     "as_time_batch",
@@ -48,4 +52,9 @@ __all__ = [
     "AutoEncoder",
     "reconstruction_loss",
     "edge_loss",
+    "BasicUNet",
+    "corrupt",
+    "naive_sample",
+    "UNet2D",
+    "AttentionBlock",
 ]
