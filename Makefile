@@ -33,7 +33,7 @@ demo: install
 	$(PY) examples/sprites_ddpm.py --preset quick
 
 bench: install
-	$(PY) -m minidiff bench
+	$(PY) benchmarks/run_all.py --quick
 
 lint: install
 	$(PY) -m ruff check minidiff examples benchmarks tests

@@ -76,7 +76,8 @@ class Denoiser:
         """x: [B, ...] at step index i (int or float); returns (x0_pred, eps_pred), each [B, ...]."""
         if alpha_bar is None:
             alpha_bar = float(self.schedule.alpha_bar_at(float(i)))
-        t = self.schedule.model_time(i).to(device=x.device, dtype=x.dtype).expand(x.shape[0])
+        # t = (i + 1) / T (schedule.model_time), made directly on x's device: no host-to-device copy per step
+        t = torch.full((x.shape[0],), (float(i) + 1) / self.schedule.T, device=x.device, dtype=x.dtype)
         output = guided_output(self.model, x, t, self.context, self.guidance_scale, self.uncond_context)
         self.nfe += 1
         x0, eps = x0_eps_from_output(output, x, alpha_bar, self.prediction_type)

@@ -1,0 +1,192 @@
+"""The benchmarks: the course baseline computes what md.sample computes, and every benchmark runs
+end to end at tiny sizes and writes its tables. Speed itself is never asserted here."""
+
+import json
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repo root: `benchmarks`
+
+import minidiff as md  # noqa: E402
+from benchmarks import bench_kernels, bench_sampling, bench_training, common, course_baseline, modes  # noqa: E402
+from minidiff.nn import ContextUnet  # noqa: E402
+
+T = 20
+
+
+def tiny_unet(dtype=torch.float32):
+    torch.manual_seed(0)
+    return ContextUnet(in_channels=3, n_feat=8, n_cfeat=5, height=16).eval().to(dtype)
+
+
+# ------------------------------------------------------------------------------------------ the course baseline
+def test_minidiff_schedule_has_the_course_alpha_bar():
+    _, _, ab_t = course_baseline.course_tables(T, dtype=torch.float64)
+    schedule = course_baseline.minidiff_schedule(T)
+    assert torch.allclose(schedule.alphas_cumprod, ab_t[1:], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_course_ddpm_equals_md_sample_ddpm(dtype):
+    """beta1 = 0, where the course's ab_t quirk vanishes: the two loops agree on every step, the same
+    x_T and the same noise (both draw it from the generator, in the same order)."""
+    model, x_T = tiny_unet(dtype), torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    tables = course_baseline.course_tables(T, beta1=0.0, dtype=dtype)
+    course = course_baseline.course_sample_ddpm(model, 2, T, tables, x_T=x_T,
+                                                generator=torch.Generator().manual_seed(2))
+    ours = md.sample(model, course_baseline.minidiff_schedule(T, beta1=0.0), x_T.shape, sampler="ddpm", x_T=x_T,
+                     generator=torch.Generator().manual_seed(2), progress=False)
+    assert (course - ours).abs().max().item() < 1e-5
+
+
+def test_course_ddpm_quirk_is_confined_to_the_last_step():
+    """The course's beta1 = 1e-4: every step but the last (which mixes a_t[1] with ab_t[1] = a_t[0] a_t[1]) agrees."""
+    model = tiny_unet(torch.float64)
+    x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    tables = course_baseline.course_tables(T, dtype=torch.float64)
+    states = []
+    ours = md.sample(model, course_baseline.minidiff_schedule(T), x_T.shape, sampler="ddpm", x_T=x_T,
+                     generator=torch.Generator().manual_seed(2), progress=False,
+                     callback=lambda info: states.append(info["x"]))
+    before_last = course_baseline.course_sample_ddpm(model, 2, T, tables, x_T=x_T, max_steps=T - 1,
+                                                     generator=torch.Generator().manual_seed(2))
+    assert (before_last - states[-2]).abs().max().item() < 1e-10
+    course = course_baseline.course_sample_ddpm(model, 2, T, tables, x_T=x_T,
+                                                generator=torch.Generator().manual_seed(2))
+    assert (course - ours).abs().max().item() > 1e-6                 # the quirk is real, and small
+    assert torch.allclose(course, ours, atol=0.05)
+
+
+def test_course_ddim_equals_md_sample_ddim_trailing():
+    model, x_T = tiny_unet(), torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    course = course_baseline.course_sample_ddim(model, 2, T, course_baseline.course_tables(T), n=5, x_T=x_T)
+    ours = md.sample(model, course_baseline.minidiff_schedule(T), x_T.shape, sampler="ddim", steps=5,
+                     spacing="trailing", x_T=x_T, progress=False)
+    assert (course - ours).abs().max().item() < 1e-5
+
+
+def test_max_steps_stops_both_loops_early():
+    model, x_T = tiny_unet(), torch.randn(1, 3, 16, 16)
+    calls = []
+    counting = lambda x, t, context=None: calls.append(1) or model(x, t, context)
+    bench_sampling.run_minidiff(counting, bench_sampling.SCHEDULE, "ddpm", x_T, max_steps=3)
+    course_baseline.course_sample_ddpm(counting, 1, 500, course_baseline.course_tables(500), x_T=x_T, max_steps=3)
+    assert len(calls) == 6
+
+
+# ------------------------------------------------------------------------------------------ modes
+def test_mode_wrappers_compute_what_the_network_computes():
+    model, x = tiny_unet(), torch.randn(2, 3, 16, 16)
+    t = torch.full((2,), 0.5)
+    with torch.no_grad():
+        expected = model(x, t)
+        channels_last = modes.wrap(model, "channels_last", x, t)
+        assert torch.allclose(channels_last(x, t), expected, atol=1e-5)
+        assert model.init_conv.conv1[0].weight.is_contiguous()        # the original is left in NCHW
+        bf16 = modes.wrap(model, "bf16", x, t)(x, t)
+        assert bf16.dtype == torch.float32 and torch.allclose(bf16, expected, atol=0.1)
+
+
+def test_static_shapes_replays_through_md_sample():
+    """The CUDA-graph wrapper's copy-in / replay / copy-out logic, with the capture replaced by a plain call."""
+    model, x_T = tiny_unet(), torch.randn(2, 3, 16, 16)
+    static = modes.StaticShapes(model, x_T, torch.full((2,), 0.5), graph=False)
+    schedule = md.NoiseSchedule.linear(T)
+    a = md.sample(static, schedule, x_T.shape, sampler="dpmpp_2m", steps=4, x_T=x_T, progress=False)
+    b = md.sample(model, schedule, x_T.shape, sampler="dpmpp_2m", steps=4, x_T=x_T, progress=False)
+    assert torch.allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        static(torch.randn(3, 3, 16, 16), torch.full((3,), 0.5))
+
+
+def test_mode_availability():
+    assert modes.mode_unavailable("cuda_graphs", "cpu") is not None
+    assert modes.mode_unavailable("eager", "cpu") is None
+    with pytest.raises(ValueError, match="mode must be one of"):
+        modes.mode_unavailable("fp8", "cpu")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def test_steps_within_budget():
+    assert bench_sampling.steps_within(1.0, 0.01, 500, 3) == (33, 3)
+    assert bench_sampling.steps_within(100.0, 0.01, 25, 3) == (25, 3)       # never more than every step
+    assert bench_sampling.steps_within(1.0, 5.0, 500, 3) == (1, 1)          # one step, one repeat at least
+    assert bench_sampling.quick_skip("cpu", 1024, "bf16", "ddim") is not None
+    assert bench_sampling.quick_skip("cpu", 256, "eager", "ddpm") is not None
+    assert bench_sampling.quick_skip("cpu", 32, "bf16", "ddpm") is None
+    assert bench_sampling.quick_skip("cuda", 1024, "bf16", "ddpm") is None
+
+
+def test_common_helpers():
+    assert common.format_value(None) == "-" and common.format_value(1234.5) == "1,234"
+    assert common.format_value(0.012345) == "0.0123" and common.format_value(12.345) == "12.35"
+    rows = [{"device": "cpu", "k": 1, "ms": 10.0}, {"device": "cuda", "k": 1, "ms": 2.0}]
+    common.speedup_vs_cpu(rows, ("k",), "ms")
+    assert rows[1]["cuda_speedup"] == 5.0 and "cuda_speedup" not in rows[0]
+    order = []
+    timings = common.interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, "cpu",
+                                 warmup=1, repeats=2)
+    assert order == ["a", "b", "a", "b", "b", "a"] and len(timings["a"].times) == 2      # warm-up, A B, B A
+    assert common._json_safe({"x": float("nan"), "y": (1, float("inf"))}) == {"x": None, "y": [1, None]}
+    info = common.machine_info()
+    assert info["torch"] == torch.__version__ and info["cpu_cores_logical"] >= 1
+
+
+# ------------------------------------------------------------------------------------------ smoke runs
+def _check_outputs(result, name, table_titles, number_keys):
+    with open(result["json"]) as f:
+        data = json.load(f)
+    assert data["benchmark"] == name
+    assert {"cpu_model", "cpu_cores_logical", "torch", "gpu"} <= set(data["machine"])
+    assert set(data["tables"]) == set(table_titles)
+    rows = [row for table in data["tables"].values() for row in table["rows"]]
+    assert rows
+    for row in rows:
+        for key in number_keys:                          # None: not applicable to that row (a dash)
+            if row.get(key) is not None:
+                assert isinstance(row[key], (int, float)) and math.isfinite(row[key]) and row[key] > 0, (key, row)
+    with open(result["md"]) as f:
+        text = f.read()
+    assert "Machine: CPU:" in text and all(f"## {title}" in text for title in table_titles)
+    if not torch.cuda.is_available():
+        assert "GPU: none" in text
+    return data
+
+
+def test_bench_sampling_smoke(tmp_path):
+    result = bench_sampling.run(devices=("cpu", "cuda"), batches=(1,), modes=("eager", "bf16", "cuda_graphs"),
+                                samplers=("ddpm", "ddim"), n_feat=8, budget_s=0.02, repeats=1, quick=True,
+                                baseline_batches=(1,), out_dir=str(tmp_path), peak_n=64)
+    data = _check_outputs(result, "bench_sampling", ["md.sample", "minidiff vs the course's loop"],
+                          ["ms_per_step", "images_per_s", "gflops", "peak_percent", "ratio", "course_ms_per_step"])
+    sampling = data["tables"]["md.sample"]["rows"]
+    assert {(r["mode"], r["sampler"]) for r in sampling} == {("eager", "ddpm"), ("eager", "ddim"),
+                                                            ("bf16", "ddpm"), ("bf16", "ddim")}
+    assert all(1 <= r["steps_measured"] <= r["steps"] for r in sampling)
+    assert any("cuda_graphs" in note for note in data["notes"]) or torch.cuda.is_available()
+    assert len(data["tables"]["minidiff vs the course's loop"]["rows"]) == 4       # ddpm, ddim x (unet, none)
+    peaks = data["settings"]["peaks_gflops"]["cpu"]
+    assert peaks["fp32"] == max(peaks["fp32_matmul"], peaks["fp32_conv"]) > 0 and peaks["bf16"] > 0
+
+
+def test_bench_kernels_smoke(tmp_path):
+    result = bench_kernels.run(devices=("cpu",), seq_lens=(16,), batch=2, conv_batch=2, repeats=1, bf16=False,
+                               out_dir=str(tmp_path), target_s=0.002)
+    data = _check_outputs(result, "bench_kernels", ["Kernels"], ["ms", "gflops", "gbps", "vs_first"])
+    rows = data["tables"]["Kernels"]["rows"]
+    assert all(r["gflops"] is not None for r in rows if r["kernel"] != "groupnorm_silu")
+    assert all(r["gbps"] is not None for r in rows if r["kernel"] == "groupnorm_silu")
+    kernels = {(r["kernel"], r["variant"]) for r in rows}
+    assert ("attention", "sdpa") in kernels and ("conv2d", "channels_last fp32") in kernels
+
+
+def test_bench_training_smoke(tmp_path):
+    result = bench_training.run(devices=("cpu",), modes=("eager",), batch_cpu=2, budget_s=0.01, repeats=1, n_feat=8,
+                                out_dir=str(tmp_path), peak_n=64)
+    data = _check_outputs(result, "bench_training", ["Training step"],
+                          ["ms_per_step", "images_per_s", "gflops", "activations_mib", "state_mib"])
+    assert {r["model"] for r in data["tables"]["Training step"]["rows"]} == {"context_unet", "score_unet"}
