@@ -9,9 +9,11 @@ The four lessons of DeepLearning.AI's "How Diffusion Models Work", built on mini
     python examples/sprites_ddpm.py                      # quick preset on CPU (~10 min), course preset on CUDA
     python examples/sprites_ddpm.py --preset smoke       # seconds: checks everything runs
     python examples/sprites_ddpm.py --data sprites_1788_16x16.npy --labels sprite_labels_nc_1788_16x16.npy
+    python examples/sprites_ddpm.py --data my_pixel_art/            # a folder of images: unconditional
 
-Without --data/--labels it trains on minidiff's embedded procedural sprites (the course's .npy files
-cannot be downloaded here); they have the same shape, the same five classes and the same format.
+Without --data it trains on minidiff's embedded procedural sprites (the course's .npy files cannot be
+downloaded here); they have the same shape, the same five classes and the same format. A folder of your
+own images (any size; centre-cropped and resized to 16x16) has no labels, so the context lessons are skipped.
 Everything is written under --out (default outputs/sprites_ddpm/).
 """
 
@@ -50,7 +52,7 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="training preset (default: course on CUDA, quick on CPU)")
-    parser.add_argument("--data", help="the course's sprites_1788_16x16.npy (N,16,16,3 uint8)")
+    parser.add_argument("--data", help="the course's sprites_1788_16x16.npy (N,16,16,3 uint8), or a folder of images")
     parser.add_argument("--labels", help="the course's sprite_labels_nc_1788_16x16.npy (N,5 one-hot)")
     parser.add_argument("--out", default="outputs/sprites_ddpm", help="output folder")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
@@ -60,8 +62,10 @@ def parse_args(argv=None):
                         help="compute minidiff.metrics quality numbers (default: on, except for smoke)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if (args.data is None) != (args.labels is None):
-        parser.error("--data and --labels go together (the course's two .npy files)")
+    data_is_folder = args.data is not None and os.path.isdir(args.data)
+    if not data_is_folder and (args.data is None) != (args.labels is None):
+        parser.error("--data FILE.npy and --labels go together (the course's two .npy files); "
+                     "--data alone must be a folder of images")
     return args
 
 
@@ -79,7 +83,10 @@ def one_hot(classes, k=5) -> torch.Tensor:
 def train(args, device, out) -> tuple:
     """Train with the preset's settings; returns (EMA model, schedule)."""
     run = resolve(args.preset)
-    if args.data:
+    if args.data and os.path.isdir(args.data):
+        run["data"] = {"kind": "image_folder", "root": args.data, "size": 16}
+        print(f"data: your images from {args.data} (resized to 16x16, no labels: unconditional)")
+    elif args.data:
         run["data"] = {"kind": "sprite_files", "sprites_path": args.data, "labels_path": args.labels}
         print(f"data: the course's sprites from {args.data}")
     else:
@@ -94,10 +101,13 @@ def train(args, device, out) -> tuple:
 
 
 # ------------------------------------------------------------------------------------------- lessons 1, 3, 4
-def sample_grids(model, schedule, device, out, n_per_class: int, seed: int) -> dict:
-    """Every picture of the course, from one model; returns the timing table rows."""
+def sample_grids(model, schedule, device, out, n_per_class: int, seed: int, conditional: bool = True) -> list:
+    """Every picture of the course, from one model; returns the timing table rows.
+
+    Rows are the five classes; an unconditional model (trained on a folder of images) gets plain rows."""
     shape = (5 * n_per_class, 3, 16, 16)
-    classes = one_hot(torch.arange(5).repeat_interleave(n_per_class)).to(device)
+    classes = one_hot(torch.arange(5).repeat_interleave(n_per_class)).to(device) if conditional else None
+    row_names = CLASS_NAMES if conditional else [f"row {k + 1}" for k in range(5)]
     x_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
     sample = lambda **kw: md.sample(model, schedule, shape, x_T=x_T, context=classes,
                                     generator=torch.Generator(device).manual_seed(seed + 1), **kw)
@@ -110,7 +120,7 @@ def sample_grids(model, schedule, device, out, n_per_class: int, seed: int) -> d
                             ["DDPM", "no extra noise"], os.path.join(out, "ddpm_vs_no_noise.png"))
     imaging.save_trajectory_gif([frame[:: max(1, n_per_class // 2)] for frame in trajectory["x"]],
                                 os.path.join(out, "ddpm_trajectory.gif"), nrow=10)
-    imaging.save_class_grid(per_class(with_noise), CLASS_NAMES, os.path.join(out, "ddpm_per_class.png"))
+    imaging.save_class_grid(per_class(with_noise), row_names, os.path.join(out, "ddpm_per_class.png"))
 
     # Lesson 4: faster samplers, timed; lesson 3: one row per class for each.
     timings = []
@@ -122,7 +132,9 @@ def sample_grids(model, schedule, device, out, n_per_class: int, seed: int) -> d
         seconds = time.perf_counter() - start
         timings.append({"sampler": label, "nfe": info["nfe"], "seconds": round(seconds, 3),
                         "images_per_s": round(shape[0] / seconds, 1)})
-        imaging.save_class_grid(per_class(images), CLASS_NAMES, os.path.join(out, f"{label}_per_class.png"))
+        imaging.save_class_grid(per_class(images), row_names, os.path.join(out, f"{label}_per_class.png"))
+    if not conditional:
+        return timings
 
     # Lesson 3: mixed contexts and classifier-free guidance (w = 0 unconditional, 1 conditional, > 1 guided).
     mixes = torch.tensor(list(MIXES.values()), dtype=torch.float32).repeat_interleave(n_per_class, 0).to(device)
@@ -176,10 +188,11 @@ def main(argv=None):
     model.to(device).eval()
 
     n_per_class = args.n or (2 if args.preset == "smoke" else 8)
-    timings = sample_grids(model, schedule, device, out, n_per_class, args.seed)
+    conditional = not (args.data and os.path.isdir(args.data))
+    timings = sample_grids(model, schedule, device, out, n_per_class, args.seed, conditional)
     print(write_timings(timings, out, device, 5 * n_per_class))
 
-    if args.metrics if args.metrics is not None else args.preset != "smoke":
+    if conditional and (args.metrics if args.metrics is not None else args.preset != "smoke"):
         n_eval = 500 if device.type == "cuda" else 250
         for label, numbers in quality(model, schedule, device, out, args.seed, n_eval).items():
             print(f"quality {label}: " + ", ".join(f"{k} {v:.4g}" for k, v in numbers.items()

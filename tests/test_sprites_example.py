@@ -50,3 +50,15 @@ def test_checkpoint_reloads_and_samples(smoke_run, tmp_path):
 def test_data_and_labels_go_together():
     with pytest.raises(SystemExit):
         sprites_ddpm.parse_args(["--data", "x.npy"])
+
+
+def test_a_folder_of_images_trains_unconditionally(tmp_path):
+    from PIL import Image as PILImage
+    folder = tmp_path / "art"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(20):
+        PILImage.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(folder / f"{k}.png")
+    out = tmp_path / "out"
+    sprites_ddpm.main(["--preset", "smoke", "--data", str(folder), "--out", str(out), "--device", "cpu", "--n", "1"])
+    assert (out / "ddim-25_per_class.png").is_file() and not (out / "guidance_scales.png").exists()
