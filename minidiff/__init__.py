@@ -25,6 +25,8 @@ from .schedule import (
     x0_from_eps,
 )
 from .sde import SDE, SubVPSDE, VESDE, VPSDE, as_score_model, sde_from_config, sde_sample
+from .text import TextEncoder, Tokenizer
+from .text_to_image import TextToImage
 from .train import TrainConfig, Trainer
 
 __all__ = [
@@ -33,5 +35,6 @@ __all__ = [
     "x0_from_eps", "eps_from_x0", "v_from_x0_eps", "x0_eps_from_v", "x0_eps_from_output",
     "SDE", "VESDE", "VPSDE", "SubVPSDE", "sde_sample", "log_likelihood", "as_score_model", "sde_from_config",
     "Trainer", "TrainConfig", "load_model", "load_pipeline", "load_checkpoint", "save_checkpoint",
+    "Tokenizer", "TextEncoder", "TextToImage",
     "data", "imaging", "nn",
 ]

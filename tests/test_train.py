@@ -260,3 +260,12 @@ def test_torch_compile_trains_like_eager():
     compiled = tiny_trainer(steps=3, context_dropout=0.0, compile=True).fit()
     for a, b in zip(eager.model.parameters(), compiled.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_context_dropout_drops_whole_token_sequences():
+    from minidiff.train import drop_context
+    ids = torch.arange(1, 13).reshape(4, 3)                               # [B=4, L=3] token ids, B != L
+    out = drop_context(ids, 0.5, torch.Generator().manual_seed(0), null_id=0)
+    for row_in, row_out in zip(ids, out):
+        assert torch.equal(row_out, row_in) or torch.equal(row_out, torch.zeros(3, dtype=ids.dtype))
+    assert not torch.equal(out, ids)

@@ -1,0 +1,273 @@
+"""Text-to-image, Stable Diffusion at sprite scale: every part minidiff's own.
+
+    pipe = TextToImage.load_pretrained("outputs/text_to_sprite/pipeline")
+    images = pipe(["red hero with a sword", "green apple with a leaf"], steps=25, guidance_scale=3.0,
+                  generator=torch.Generator().manual_seed(0))           # [2, 3, 16, 16] in [-1, 1]
+
+The path of a prompt (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion
+Models", Sec. 3 and Fig. 3):
+
+    prompt --Tokenizer--> ids [B, L] --TextEncoder--> context [B, L, D]                      (text.py)
+    noise z_T [B, 4, 8, 8] --DDIM / DPM-Solver++ on the LatentScoreUNet, which cross-attends to the
+        context in its SpatialTransformers, with classifier-free guidance against the encoding of ""
+        (Ho & Salimans 2022, Eq. 6)--> z_0 --(/ latent_scale)--> AutoEncoder.decode --> image
+
+Latents. The AutoEncoder's unpadded convolutions turn an H x H image into an (H/2 - 4)^2 latent:
+a 16x16 sprite into 4x4, too coarse to keep a sprite's details. The pipeline replicate-pads the
+sprites by `image_padding` = 4 pixels on each side (24x24, the background colour extended) to get
+8 x 8 latents, and crops the decoded 24x24 image back to 16x16. The latents are multiplied by
+`latent_scale` = 1 / std(latents), measured on the training set after the autoencoder is trained
+(Stable Diffusion's 0.18215 is the same number for its autoencoder; Rombach et al. Sec. 4.3.2), so
+the diffusion model sees data of unit variance, the scale its N(0, I) prior assumes. Latents are
+not images: no clipping of x0 to [-1, 1] while sampling.
+
+Training (examples/text_to_sprite.py): the autoencoder first, alone; then the UNet and the text
+encoder together as one TextConditionedUNet, on the scaled latents, with md.Trainer and the
+diffusion loss of Ho et al. 2020; 10 % of captions are replaced by "" so that the same network is
+also the unconditional model that guidance needs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import __version__
+from .checkpoint import atomic_torch_save, build_model, decode_kwargs, model_spec
+from .samplers import sample
+from .schedule import NoiseSchedule
+from .text import TextEncoder, Tokenizer
+
+__all__ = ["TextToImage", "TextToImageConfig", "TextConditionedUNet", "measure_latent_scale",
+           "pad_images", "crop_images"]
+
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "weights.pt"
+
+
+def pad_images(x: Tensor, padding: int) -> Tensor:
+    """[B, C, H, W] -> [B, C, H + 2p, W + 2p], edge pixels repeated outwards (the background grows)."""
+    return F.pad(x, (padding,) * 4, mode="replicate") if padding else x
+
+
+def crop_images(x: Tensor, padding: int) -> Tensor:
+    """The inverse of pad_images: [B, C, H + 2p, W + 2p] -> [B, C, H, W]."""
+    return x[..., padding : x.shape[-2] - padding, padding : x.shape[-1] - padding] if padding else x
+
+
+@torch.no_grad()
+def measure_latent_scale(autoencoder: nn.Module, images: Tensor, image_padding: int = 0,
+                         batch_size: int = 512) -> float:
+    """1 / std of the (unscaled) latents of `images` [N, C, H, W]: multiplying by it gives unit variance.
+
+    Uses the encoder's mean for a variational autoencoder (encode(x, sample=False)), in eval mode
+    (BatchNorm with its running statistics), one std over every latent entry, as Stable Diffusion.
+    """
+    autoencoder.eval()
+    device = next(autoencoder.parameters()).device
+    latents = torch.cat([autoencoder.encode(pad_images(images[k : k + batch_size].to(device), image_padding)).cpu()
+                         for k in range(0, len(images), batch_size)])  # [N, latent_channels, h, w]
+    return 1.0 / latents.double().std().item()
+
+
+class TextConditionedUNet(nn.Module):
+    """The denoising UNet and the text encoder as ONE network, for training them jointly.
+
+    model(z, t, context) with z [B, C, h, w], t [B] and context the token ids [B, L] of the captions
+    -> unet(z, t, text_encoder(ids)): the diffusion loss backpropagates into the text encoder.
+    The ids may come as floats (they are rounded): md.Trainer's classifier-free context dropout
+    multiplies a float context by 0, and id 0 is <pad>, so a dropped caption becomes the empty
+    prompt "", exactly the unconditional context that sampling uses. context=None is "" too.
+    """
+
+    def __init__(self, unet: nn.Module, text_encoder: TextEncoder):
+        super().__init__()
+        self.unet, self.text_encoder = unet, text_encoder
+
+    def forward(self, x: Tensor, t: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        if context is None:
+            context = torch.zeros(x.shape[0], self.text_encoder.max_length, device=x.device)
+        ids = context.round().long() if context.is_floating_point() else context  # [B, L]
+        return self.unet(x, t, self.text_encoder(ids))
+
+
+@dataclass
+class TextToImageConfig:
+    """The sizes of a fresh pipeline's parts (``TextToImage.build``). Defaults: the "full" model."""
+
+    image_size: int = 16                   # sprites are 16x16 RGB
+    image_padding: int = 4                 # pad to 24x24 so the AutoEncoder makes 8x8 latents (16x16 gives 4x4)
+    latent_channels: int = 4               # as Stable Diffusion's autoencoder
+    variational: bool = True               # KL-regularised latents, as Stable Diffusion's
+    ae_channels: tuple = (32, 64)          # AutoEncoder widths
+    unet_channels: tuple = (64, 128, 256)  # LatentScoreUNet widths (the last >= 64: GroupNorm(32) at 1x1)
+    time_embed_dim: int = 256              # the UNet's Gaussian Fourier time embedding width
+    unet_token_dim: int = 128              # width the UNet projects the text tokens to (its text_dim)
+    max_length: int = 16                   # tokens per prompt (the longest caption has 12 words)
+    text_dim: int = 128                    # TextEncoder width = the UNet's context_dim
+    text_depth: int = 4                    # TextEncoder blocks
+    text_heads: int = 4                    # TextEncoder attention heads
+
+
+class TextToImage:
+    """prompt(s) -> images [B, 3, H, W] in [-1, 1]: tokenizer, text encoder, latent UNet, guidance, decoder.
+
+    Source: Rombach et al. 2022 (latent diffusion with cross-attention conditioning, Sec. 3.3) with
+    classifier-free guidance (Ho & Salimans 2022). Parts: `autoencoder` (AutoEncoder), `unet` (any
+    minidiff network called unet(z, t, context [B, L, D]) that predicts eps, e.g. LatentScoreUNet
+    with context_dim=D and sde=None), `text_encoder` (TextEncoder, width D), `tokenizer`, `schedule`
+    (the NoiseSchedule the UNet was trained with), `latent_scale` (see measure_latent_scale).
+    save_pretrained needs the AutoEncoder and the UNet made by ``checkpoint.build_model`` (or by
+    ``TextToImage.build``), which records their constructor arguments.
+    """
+
+    def __init__(self, autoencoder: nn.Module, unet: nn.Module, text_encoder: TextEncoder, tokenizer: Tokenizer,
+                 schedule: NoiseSchedule, latent_scale: float = 1.0, image_size: int = 16, image_padding: int = 0):
+        if not (math.isfinite(latent_scale) and latent_scale > 0):
+            raise ValueError(f"latent_scale must be a positive number, got {latent_scale!r}")
+        if tokenizer.vocab_size != text_encoder.vocab_size or tokenizer.max_length > text_encoder.max_length:
+            raise ValueError(f"tokenizer ({tokenizer.vocab_size} ids, length {tokenizer.max_length}) does not fit the "
+                             f"text encoder ({text_encoder.vocab_size} ids, length {text_encoder.max_length})")
+        self.autoencoder, self.unet, self.text_encoder = autoencoder, unet, text_encoder
+        self.tokenizer, self.schedule, self.latent_scale = tokenizer, schedule, float(latent_scale)
+        self.image_size, self.image_padding = int(image_size), int(image_padding)
+
+    @classmethod
+    def build(cls, config: Optional[TextToImageConfig] = None, vocabulary: Optional[Sequence[str]] = None,
+              schedule: Optional[NoiseSchedule] = None) -> "TextToImage":
+        """A fresh, untrained pipeline (latent_scale 1 until measured). vocabulary: the sprites' words by default."""
+        c = config if config is not None else TextToImageConfig()
+        if vocabulary is None:
+            from .data import VOCABULARY as vocabulary
+        tokenizer = Tokenizer(vocabulary, c.max_length)
+        autoencoder = build_model("AutoEncoder", in_channels=3, latent_channels=c.latent_channels,
+                                  variational=c.variational, channels=list(c.ae_channels))
+        unet = build_model("LatentScoreUNet", in_channels=c.latent_channels, channels=list(c.unet_channels),
+                           embed_dim=c.time_embed_dim, num_classes=0, text_dim=c.unet_token_dim,
+                           context_dim=c.text_dim, sde=None)
+        text_encoder = TextEncoder(tokenizer.vocab_size, c.text_dim, c.text_depth, c.text_heads, c.max_length)
+        schedule = schedule if schedule is not None else NoiseSchedule.linear(1000)
+        return cls(autoencoder, unet, text_encoder, tokenizer, schedule, 1.0, c.image_size, c.image_padding)
+
+    # ------------------------------------------------------------------ the parts, one at a time
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def to(self, device) -> "TextToImage":
+        for part in (self.autoencoder, self.unet, self.text_encoder):
+            part.to(device)
+        return self
+
+    def eval(self) -> "TextToImage":
+        for part in (self.autoencoder, self.unet, self.text_encoder):
+            part.eval()
+        return self
+
+    def latent_shape(self) -> tuple:
+        """(latent_channels, h, w) of one image's latent."""
+        return tuple(self.autoencoder.latent_shape(self.image_size + 2 * self.image_padding))
+
+    def encode_prompt(self, prompts: Union[str, Sequence[str]]) -> Tensor:
+        """Prompt(s) -> the context tokens [B, L, D] the UNet cross-attends to ("" -> the unconditional one)."""
+        return self.text_encoder(self.tokenizer.encode(prompts).to(self.device))
+
+    def encode_images(self, images: Tensor, sample: bool = False,
+                      generator: Optional[torch.Generator] = None) -> Tensor:
+        """images [B, 3, H, W] in [-1, 1] -> scaled latents [B, latent_channels, h, w] (about unit variance)."""
+        padded = pad_images(images.to(self.device), self.image_padding)
+        return self.autoencoder.encode(padded, sample=sample, generator=generator) * self.latent_scale
+
+    def decode_latents(self, z: Tensor) -> Tensor:
+        """scaled latents [B, latent_channels, h, w] -> images [B, 3, H, W] in [-1, 1]."""
+        return crop_images(self.autoencoder.decode(z / self.latent_scale), self.image_padding)
+
+    # ------------------------------------------------------------------ prompt -> images
+    @torch.no_grad()
+    def __call__(self, prompt: Union[str, Sequence[str]], steps: int = 25, guidance_scale: Optional[float] = 3.0,
+                 sampler: str = "ddim", generator: Optional[torch.Generator] = None, n_per_prompt: int = 1,
+                 spacing: str = "leading", eta: float = 0.0, progress: bool = False) -> Tensor:
+        """Images for each prompt, n_per_prompt each, in prompt order: [B * n_per_prompt, 3, H, W] in [-1, 1].
+
+        guidance_scale w: eps = eps("") + w (eps(prompt) - eps("")); w = 0 is the unconditional model,
+        w = 1 (or None, one network call per step instead of two) the plain conditional one.
+        sampler / spacing / eta: as md.sample ("ddim", "dpmpp_2m", ...; "leading", "karras", ...).
+        Puts the networks in eval mode. Same generator (seed and device), same images.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or n_per_prompt < 1:
+            raise ValueError(f"need at least one prompt and n_per_prompt >= 1, got {len(prompts)} and {n_per_prompt}")
+        prompts = [p for p in prompts for _ in range(n_per_prompt)]         # B prompts, each repeated
+        self.eval()
+        context = self.encode_prompt(prompts)                                # [B, L, D]
+        uncond_context = self.encode_prompt([""] * len(prompts)) if guidance_scale is not None else None
+        z = sample(self.unet, self.schedule, (len(prompts), *self.latent_shape()), sampler=sampler, steps=steps,
+                   eta=eta, context=context, guidance_scale=guidance_scale, uncond_context=uncond_context,
+                   prediction_type="epsilon", generator=generator, progress=progress, spacing=spacing,
+                   clip_x0=False)                                            # [B, 4, h, w], latents: no clipping
+        return self.decode_latents(z)                                        # [B, 3, H, W]
+
+    # ------------------------------------------------------------------ files
+    def save_pretrained(self, directory: str) -> str:
+        """Write directory/config.json (how to rebuild, plain JSON) and directory/weights.pt (tensors only)."""
+        specs = {name: model_spec(part) for name, part in (("autoencoder", self.autoencoder), ("unet", self.unet))}
+        for name, spec in specs.items():
+            if spec["kwargs"] is None:
+                raise ValueError(f"the {name} ({spec['class']}) does not record its constructor arguments: build it "
+                                 f"with md.checkpoint.build_model(...) or TextToImage.build(...)")
+        config = {"minidiff_version": __version__, "pipeline": "TextToImage", **specs,
+                  "text_encoder": self.text_encoder.to_config(), "tokenizer": self.tokenizer.to_config(),
+                  "schedule": self.schedule.to_config(), "latent_scale": self.latent_scale,
+                  "image_size": self.image_size, "image_padding": self.image_padding}
+        weights = {name: {k: v.detach().cpu().clone() for k, v in part.state_dict().items()}
+                   for name, part in (("autoencoder", self.autoencoder), ("unet", self.unet),
+                                      ("text_encoder", self.text_encoder))}
+        for name, state in weights.items():
+            for key, tensor in state.items():
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise FloatingPointError(f"refusing to save: {name}[{key!r}] is not finite")
+        os.makedirs(directory, exist_ok=True)
+        atomic_torch_save(weights, os.path.join(directory, WEIGHTS_NAME))
+        _atomic_write_text(json.dumps(config, indent=1), os.path.join(directory, CONFIG_NAME))
+        return directory
+
+    @classmethod
+    def load_pretrained(cls, directory: str, device: Union[str, torch.device] = "cpu") -> "TextToImage":
+        """Rebuild a pipeline written by save_pretrained (weights read with weights_only=True), in eval mode."""
+        with open(os.path.join(directory, CONFIG_NAME)) as f:
+            config = json.load(f)
+        if config.get("pipeline") != "TextToImage":
+            raise ValueError(f"{directory}/{CONFIG_NAME} does not describe a TextToImage pipeline")
+        weights = torch.load(os.path.join(directory, WEIGHTS_NAME), map_location="cpu", weights_only=True)
+        autoencoder = build_model(config["autoencoder"]["class"], **decode_kwargs(config["autoencoder"]["kwargs"]))
+        unet = build_model(config["unet"]["class"], **decode_kwargs(config["unet"]["kwargs"]))
+        text_encoder = TextEncoder(**config["text_encoder"])
+        for name, part in (("autoencoder", autoencoder), ("unet", unet), ("text_encoder", text_encoder)):
+            part.load_state_dict(weights[name])
+        pipe = cls(autoencoder, unet, text_encoder, Tokenizer.from_config(config["tokenizer"]),
+                   NoiseSchedule.from_config(config["schedule"]), config["latent_scale"],
+                   config["image_size"], config["image_padding"])
+        return pipe.to(device).eval()
+
+
+def _atomic_write_text(text: str, path: str) -> None:
+    """Write a text file by temporary file + rename, so readers never see half of it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+

@@ -1,0 +1,149 @@
+"""minidiff.text_to_image: latent scale, joint UNet + text encoder, guidance, save/load; the example's smoke run."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import minidiff as md
+from minidiff.data import ProceduralSprites
+from minidiff.nn import AutoEncoder
+from minidiff.text_to_image import (
+    TextConditionedUNet,
+    TextToImage,
+    TextToImageConfig,
+    crop_images,
+    measure_latent_scale,
+    pad_images,
+)
+
+TINY = TextToImageConfig(ae_channels=(8, 16), unet_channels=(16, 32, 64), time_embed_dim=16, unet_token_dim=16,
+                         text_dim=16, text_depth=1, text_heads=2)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    pipe = TextToImage.build(TINY, schedule=md.NoiseSchedule.linear(100))
+    images = ProceduralSprites(64, seed=0).tensors()[0]
+    pipe.latent_scale = measure_latent_scale(pipe.autoencoder, images, pipe.image_padding)
+    return pipe.eval()
+
+
+def generator(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_padding_gives_8x8_latents_and_crop_undoes_it(pipe):
+    assert pipe.latent_shape() == (4, 8, 8)
+    x = torch.rand(2, 3, 16, 16)
+    padded = pad_images(x, 4)
+    assert padded.shape == (2, 3, 24, 24) and torch.equal(padded[..., 0, 0], x[..., 0, 0])  # corners repeated
+    assert torch.equal(crop_images(padded, 4), x)
+    assert pipe.encode_images(x).shape == (2, 4, 8, 8)
+    assert pipe.decode_latents(torch.zeros(2, 4, 8, 8)).shape == (2, 3, 16, 16)
+
+
+def test_latent_scale_is_one_over_std_and_standardises_new_images():
+    torch.manual_seed(1)
+    ae = AutoEncoder(3, 4, variational=True, channels=(8, 16))
+    train = ProceduralSprites(256, seed=0).tensors()[0]
+    scale = measure_latent_scale(ae, train, image_padding=4)
+    with torch.no_grad():
+        z = ae.encode(pad_images(train, 4))
+        held_out = ae.encode(pad_images(ProceduralSprites(256, seed=7).tensors()[0], 4))
+    assert scale == pytest.approx(1 / z.double().std().item(), rel=1e-9)
+    assert (z * scale).std().item() == pytest.approx(1.0, rel=1e-4)
+    assert (held_out * scale).std().item() == pytest.approx(1.0, rel=0.05)   # within 5 % on unseen sprites
+
+
+@torch.no_grad()
+def test_dropped_float_caption_is_the_empty_prompt(pipe):
+    model = TextConditionedUNet(pipe.unet, pipe.text_encoder).eval()
+    z, t = torch.randn(3, 4, 8, 8), torch.full((3,), 0.5)
+    ids = pipe.tokenizer.encode(["red apple", "purple ghost", "blue ring spell"])
+    empty = pipe.unet(z, t, pipe.encode_prompt([""] * 3))
+    torch.testing.assert_close(model(z, t, ids.float() * 0), empty, rtol=0, atol=0)   # Trainer's dropout
+    torch.testing.assert_close(model(z, t, None), empty, rtol=0, atol=0)
+    torch.testing.assert_close(model(z, t, ids.float()), model(z, t, ids), rtol=0, atol=0)
+
+
+def test_diffusion_loss_trains_unet_and_text_encoder_together(pipe):
+    model = TextConditionedUNet(pipe.unet, pipe.text_encoder)
+    z = torch.randn(4, 4, 8, 8)
+    ids = pipe.tokenizer.encode(["red apple", "green slime", "pink star spell", ""])
+    model.zero_grad()
+    md.diffusion_loss(model, z, pipe.schedule, context=ids, generator=generator()).backward()
+    assert pipe.text_encoder.token_embedding.weight.grad[pipe.tokenizer.ids["apple"]].abs().sum() > 0
+    assert all(p.grad is not None for p in pipe.unet.attn2.parameters())
+    model.zero_grad()
+
+
+def test_call_shape_range_and_reproducibility(pipe):
+    x = pipe(["red apple", "purple ghost"], steps=3, n_per_prompt=2, generator=generator())
+    assert x.shape == (4, 3, 16, 16) and torch.isfinite(x).all() and x.abs().max() <= 1
+    assert torch.equal(x, pipe(["red apple", "purple ghost"], steps=3, n_per_prompt=2, generator=generator()))
+    y = pipe(["blue ring spell", "purple ghost"], steps=3, n_per_prompt=2, generator=generator())
+    assert not torch.allclose(x[:2], y[:2]) and torch.allclose(x[2:], y[2:], atol=1e-5)   # per-prompt rows
+    fast = pipe("red apple", steps=3, sampler="dpmpp_2m", spacing="karras", generator=generator())
+    assert fast.shape == (1, 3, 16, 16) and torch.isfinite(fast).all()
+
+
+def test_guidance_scale_zero_is_unconditional_and_one_is_conditional(pipe):
+    uncond = pipe("", steps=4, guidance_scale=None, n_per_prompt=2, generator=generator(5))
+    w0 = pipe("red hero with a crown", steps=4, guidance_scale=0.0, n_per_prompt=2, generator=generator(5))
+    torch.testing.assert_close(w0, uncond, rtol=0, atol=1e-5)
+    cond = pipe("red hero with a crown", steps=4, guidance_scale=None, n_per_prompt=2, generator=generator(5))
+    w1 = pipe("red hero with a crown", steps=4, guidance_scale=1.0, n_per_prompt=2, generator=generator(5))
+    torch.testing.assert_close(w1, cond, rtol=0, atol=1e-5)
+    assert not torch.allclose(cond, uncond, atol=1e-4)
+
+
+def test_save_load_round_trip_is_bit_identical(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "p")
+    with open(tmp_path / "p" / "config.json") as f:
+        config = json.load(f)                                                  # plain JSON
+    assert config["unet"]["class"] == "LatentScoreUNet" and config["latent_scale"] == pipe.latent_scale
+    torch.load(tmp_path / "p" / "weights.pt", weights_only=True)               # tensors only, no pickled code
+    again = TextToImage.load_pretrained(tmp_path / "p")
+    assert again.latent_scale == pipe.latent_scale and again.image_padding == 4
+    assert torch.equal(again.schedule.betas, pipe.schedule.betas)
+    prompts = ["green apple with a leaf", "brown side-facing cat facing left"]
+    assert torch.equal(again(prompts, steps=3, generator=generator(2)), pipe(prompts, steps=3, generator=generator(2)))
+
+
+def test_save_needs_recorded_constructor_arguments(pipe, tmp_path):
+    plain = TextToImage(AutoEncoder(3, 4, True, (8, 16)), pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.schedule)
+    with pytest.raises(ValueError, match="build_model"):
+        plain.save_pretrained(tmp_path / "p")
+
+
+def test_bad_arguments_fail_loudly(pipe):
+    with pytest.raises(ValueError, match="latent_scale"):
+        TextToImage(pipe.autoencoder, pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.schedule, latent_scale=0.0)
+    with pytest.raises(ValueError, match="sampler"):
+        pipe("red apple", steps=2, sampler="nope")
+    with pytest.raises(ValueError, match="n_per_prompt"):
+        pipe([], steps=2)
+
+
+# ------------------------------------------------------------------------------------------ example
+def test_text_to_sprite_smoke(tmp_path):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+    import text_to_sprite
+    result = text_to_sprite.main(["--preset", "smoke", "--out", str(tmp_path), "--device", "cpu",
+                                  "--prompt", "red apple", "--prompt", "Purple ghost!"])
+    for name in ["reconstructions.png", "prompts.png", "guidance.png", "autoencoder_loss.png", "loss.png"]:
+        with Image.open(tmp_path / name) as image:
+            pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+        assert np.isfinite(pixels).all() and pixels.std() > 0, name
+    assert (tmp_path / "results.md").is_file() and np.isfinite(result["final_loss"])
+    pipe = TextToImage.load_pretrained(tmp_path / "pipeline")
+    again = TextToImage.load_pretrained(tmp_path / "pipeline")
+    x = pipe(["red apple", "purple ghost"], steps=2, generator=generator(3))
+    assert torch.isfinite(x).all() and x.std() > 0
+    assert torch.equal(x, again(["red apple", "purple ghost"], steps=2, generator=generator(3)))
