@@ -165,10 +165,17 @@ def cmd_sample(args) -> int:
     from . import checkpoint as ckpt
     from . import imaging
     from .schedule import NoiseSchedule
+    from .train import parse_device
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    for name, value in (("--steps", args.steps), ("--nrow", args.nrow), ("--scale", args.scale)):   # 0 is no default
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    for name, value, extension in (("--out", args.out, ".png"), ("--gif", args.gif, ".gif")):
+        if value is not None and not value.lower().endswith(extension):
+            raise ValueError(f"{name} must name a {extension} file, got {value!r}")
+    device = parse_device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     checkpoint = ckpt.load_checkpoint(args.checkpoint)
     model = ckpt.model_from_checkpoint(checkpoint, ema=not args.raw, device=device, path=args.checkpoint)
     process = ckpt.schedule_or_sde_from_checkpoint(checkpoint)
@@ -218,7 +225,10 @@ def parse_context(text: str, model, n: int):
     if "," in text:
         if n_cfeat is None:
             raise ValueError(f"{type(model).__name__} takes a class id, not a vector: use --context N")
-        values = [float(v) for v in text.split(",")]
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            raise ValueError(f"--context vector must be comma-separated numbers, got {text!r}") from None
         if len(values) != n_cfeat:
             raise ValueError(f"--context needs {n_cfeat} comma-separated numbers, got {len(values)}")
         return torch.tensor(values).expand(n, -1).clone()

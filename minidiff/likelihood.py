@@ -53,6 +53,10 @@ def log_likelihood(score_model, sde: SDE, x: Tensor, *, context: Optional[Tensor
         x = dequantize_8bit(x, generator)
     if not x.is_floating_point():
         raise ValueError(f"x must be a float tensor (or uint8 with dequantize=True), got dtype {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise ValueError("x must be finite: it holds NaN or inf")
+    if context is not None and (context.ndim == 0 or context.shape[0] != x.shape[0]):
+        raise ValueError(f"context must have batch size {x.shape[0]}, got shape {tuple(context.shape)}")
     B, D = x.shape[0], x[0].numel()
     probe = None if trace == "exact" else _probe(trace, x, generator)
 

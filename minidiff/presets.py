@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import torch
 from torch import nn
 
 from .checkpoint import build_model
@@ -136,11 +137,14 @@ def build_run(run: dict, out_dir: Optional[str] = None) -> Run:
     if sde is not None and spec["class"] in ("ScoreUNet", "ResidualScoreUNet", "ConditionalScoreUNet",
                                              "LatentScoreUNet"):
         kwargs.setdefault("sde", sde)                                   # score UNets divide by the marginal std
+    config = TrainConfig.from_dict(train)
     try:
-        model = build_model(spec["class"], **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)                              # initial weights: the seed alone decides
+            model = build_model(spec["class"], **kwargs)
     except TypeError as error:
         raise ValueError(f"cannot build {spec['class']} from {spec.get('kwargs')}: {error}") from None
-    return Run(model, build_dataset(run["data"]), TrainConfig.from_dict(train), schedule, sde)
+    return Run(model, build_dataset(run["data"]), config, schedule, sde)
 
 
 def build_schedule(values: dict) -> NoiseSchedule:

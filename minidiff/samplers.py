@@ -17,6 +17,7 @@ alpha_bar); lambda_ = log-SNR.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Callable, Literal, Optional, Sequence
 
 import torch
@@ -37,7 +38,7 @@ def _randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
 
 def _alpha_bar(schedule: NoiseSchedule, i) -> float:
     """alpha_bar at grid point i: a table entry, or interpolated at a fractional ("karras") index."""
-    return float(schedule.alphas_cumprod[i]) if isinstance(i, int) else float(schedule.alpha_bar_at(i))
+    return schedule.alphas_cumprod_list[i] if isinstance(i, int) else float(schedule.alpha_bar_at(i))
 
 
 def _next_alpha_bar(schedule: NoiseSchedule, timesteps: Sequence, k: int) -> float:
@@ -215,6 +216,8 @@ def sample(model, schedule: NoiseSchedule, shape, sampler: str = "ddim", steps: 
     Returns x0 samples [B, C, H, W]; with return_trajectory, (x0, trajectory) where trajectory is
     {"x": [x_T, x after each step], "x0_pred": [...], "timesteps": [...], "nfe": int}, tensors on the CPU.
     """
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
     shape = _check_shape(shape)
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")
@@ -234,6 +237,12 @@ def sample(model, schedule: NoiseSchedule, shape, sampler: str = "ddim", steps: 
     if dynamic_threshold is not None and not 0 < dynamic_threshold < 1:
         raise ValueError(f"dynamic_threshold must be a percentile in (0, 1), got {dynamic_threshold!r}")
     timesteps = schedule.timesteps(steps, spacing)
+    first = timesteps[0].item()
+    if _alpha_bar(schedule, first) == 0 and (prediction_type == "epsilon" or sampler in ("dpmpp_2m", "euler", "heun")):
+        raise ValueError(f"spacing {spacing!r} starts at step {first}, where alpha_bar = 0 (zero terminal "
+                         f"SNR): sampler {sampler!r} with prediction_type {prediction_type!r} cannot start there "
+                         f"(x0 or lambda_ is undefined). Use sampler 'ddim' or 'ddpm' with prediction_type "
+                         f"'v_prediction' (Lin et al. 2023), or spacing 'leading' or 'karras'")
 
     if dtype is None and x_T is not None and not _has_parameters(model):
         dtype = x_T.dtype
@@ -244,10 +253,14 @@ def sample(model, schedule: NoiseSchedule, shape, sampler: str = "ddim", steps: 
     else:
         if tuple(x_T.shape) != shape:
             raise ValueError(f"x_T must have shape {shape}, got {tuple(x_T.shape)}")
+        if not torch.isfinite(x_T).all():
+            raise ValueError("x_T must be finite: it holds NaN or inf")
         x = x_T.to(device=device, dtype=dtype)
     if context is not None:
         if context.ndim == 0 or context.shape[0] != shape[0]:
             raise ValueError(f"context must have batch size {shape[0]} (shape [B, ...]), got {tuple(context.shape)}")
+        if context.is_floating_point() and not torch.isfinite(context).all():
+            raise ValueError("context must be finite: it holds NaN or inf")
         context = context.to(device)
     if uncond_context is not None:
         uncond_context = uncond_context.to(device)
@@ -255,7 +268,8 @@ def sample(model, schedule: NoiseSchedule, shape, sampler: str = "ddim", steps: 
     denoise = Denoiser(model, schedule, prediction_type, context, guidance_scale, uncond_context,
                        clip_x0, dynamic_threshold)
     options = {"ddpm": {"variance": variance, "add_noise": add_noise}, "ddim": {"eta": eta}}.get(sampler, {})
-    trajectory = {"x": [x.cpu()], "x0_pred": [], "timesteps": timesteps.tolist(), "nfe": 0}
+    trajectory = {"x": [x.cpu()] if return_trajectory else [], "x0_pred": [], "timesteps": timesteps.tolist(),
+                  "nfe": 0}
     bar = tqdm(total=len(timesteps), desc=sampler, disable=not progress, leave=False)
 
     def on_step(info):
@@ -275,6 +289,9 @@ def sample(model, schedule: NoiseSchedule, shape, sampler: str = "ddim", steps: 
         bar.close()
         if was_training:
             model.train()
+    if not torch.isfinite(x).all():                                       # one cheap check, at the end
+        raise FloatingPointError(f"sampler {sampler!r} produced NaN or inf after {len(timesteps)} steps (the model's "
+                                 f"output is not finite, or the dtype {x.dtype} overflowed)")
     if return_trajectory:
         trajectory["nfe"] = denoise.nfe
         return x, trajectory
@@ -283,7 +300,7 @@ def sample(model, schedule: NoiseSchedule, shape, sampler: str = "ddim", steps: 
 
 def _check_shape(shape) -> tuple:
     try:
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(operator.index(s) for s in shape)                   # ints only: 2.5 or "2" is an error
     except TypeError:
         raise ValueError(f"shape must be a sequence of ints like (B, C, H, W), got {shape!r}") from None
     if len(shape) < 2 or any(s < 1 for s in shape):

@@ -21,6 +21,7 @@ functions at the bottom of this file, written for a broadcastable `alpha_bar`.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Literal, Tuple, Union
 
 import torch
@@ -43,7 +44,10 @@ class NoiseSchedule:
     """
 
     def __init__(self, betas: Tensor, zero_terminal_snr: bool = False):
-        betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu().clone()
+        try:
+            betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu().clone()
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(f"betas must be a 1-D sequence of numbers in (0, 1), got {betas!r} ({error})") from None
         if betas.ndim != 1 or betas.numel() < 1:
             raise ValueError(f"betas must be a 1-D tensor with T >= 1 entries, got shape {tuple(betas.shape)}")
         if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas >= 1).any():
@@ -51,6 +55,17 @@ class NoiseSchedule:
                 f"betas must lie in the open interval (0, 1), got min {betas.min().item():.4g} "
                 f"and max {betas.max().item():.4g}"
             )
+        # In float64, 1 - beta rounds to 1 below beta ~ 1.1e-16 and alpha_bar underflows to 0 after enough
+        # large betas: either makes sigma 0 or infinite and the samplers divide by zero.
+        if (1.0 - betas == 1.0).any():
+            raise ValueError(f"betas must be > 1.1e-16 (so that 1 - beta < 1 in float64), "
+                             f"got min {betas.min().item():.4g}")
+        alpha_bar = torch.cumprod(1.0 - betas, dim=0)
+        if alpha_bar[-1] == 0 or (alpha_bar[1:] >= alpha_bar[:-1]).any():     # 0, or stuck at a subnormal value
+            raise ValueError(f"betas make alpha_bar underflow to 0 (T={betas.numel()}, max beta "
+                             f"{betas.max().item():.4g}); use fewer steps T or smaller betas")
+        if zero_terminal_snr and betas.numel() < 2:
+            raise ValueError("zero_terminal_snr needs T >= 2 steps (it rescales between the first and the last)")
         self._config = {"betas": betas.tolist(), "zero_terminal_snr": bool(zero_terminal_snr)}
         if zero_terminal_snr:
             betas = _rescale_zero_terminal_snr(betas)
@@ -59,6 +74,7 @@ class NoiseSchedule:
         self.betas = betas                                         # beta_i
         self.alphas = 1.0 - betas                                  # alpha_i
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)    # alpha_bar_i
+        self.alphas_cumprod_list = self.alphas_cumprod.tolist()    # the same as python floats, for sampler loops
         # alpha_bar_{i-1}, with alpha_bar_{-1} = 1: "before step 0" is clean data.
         self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
@@ -108,7 +124,7 @@ class NoiseSchedule:
     @classmethod
     def from_betas(cls, betas, zero_terminal_snr: bool = False) -> "NoiseSchedule":
         """Any betas you like: a sequence or 1-D tensor with values in (0, 1)."""
-        return cls(torch.as_tensor(betas, dtype=torch.float64), zero_terminal_snr)
+        return cls(betas, zero_terminal_snr)                                  # __init__ converts and checks
 
     # ---------------------------------------------------------------- basic facts
     @property
@@ -137,7 +153,7 @@ class NoiseSchedule:
         Equals ``alphas_cumprod[i]`` at integer i. Used by samplers on a Karras sigma grid.
         """
         i = torch.as_tensor(i, dtype=torch.float64)
-        if ((i < 0) | (i > self.T - 1)).any():
+        if not ((i >= 0) & (i <= self.T - 1)).all():                                 # NaN fails too
             raise ValueError(f"step index must lie in [0, T-1] = [0, {self.T - 1}], got {i}")
         lo = i.floor().long().clamp(max=self.T - 1)
         hi = (lo + 1).clamp(max=self.T - 1)
@@ -190,8 +206,9 @@ class NoiseSchedule:
                      dense at low noise, where small data details are decided.
         The int64 grids are all table entries; the "karras" grid is read through `alpha_bar_at`.
         """
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.T:
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= self.T:
             raise ValueError(f"steps must be an integer in [1, T] = [1, {self.T}], got {steps!r}")
+        steps = int(steps)                                                   # numpy integers too
         if spacing == "leading":
             grid = torch.arange(steps, dtype=torch.int64) * (self.T // steps)
         elif spacing == "trailing":
@@ -203,6 +220,9 @@ class NoiseSchedule:
             rho, sigma_min, sigma_max = 7.0, self.sigmas[0].item(), self.sigmas[-1].item()
             if not math.isfinite(sigma_max):                           # zero terminal SNR: start one step lower
                 sigma_max = self.sigmas[-2].item()
+            if sigma_max <= sigma_min and steps > 1:
+                raise ValueError(f"spacing 'karras' needs two distinct noise levels; this schedule has one, so "
+                                 f"steps must be 1, got {steps}")
             ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
             sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
             grid = self.step_index_from_sigma(sigmas)

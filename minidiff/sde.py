@@ -258,7 +258,10 @@ def sde_from_config(config: dict) -> SDE:
     name = config.get("class") if isinstance(config, dict) else None
     if name not in SDE_CLASSES:
         raise ValueError(f"config['class'] must be one of {tuple(SDE_CLASSES)}, got {config!r}")
-    return SDE_CLASSES[name](**config.get("kwargs", {}))
+    try:
+        return SDE_CLASSES[name](**config.get("kwargs", {}))
+    except TypeError as error:
+        raise ValueError(f"config['kwargs'] does not fit {name}: {error}") from None
 
 
 # ==================================================================== DDPM network -> score model
@@ -398,6 +401,8 @@ def sde_sample(score_model, sde: SDE, shape: Sequence[int], method: Method = "eu
     "nfe" (score-model calls; a guided call of 2B counts once) and, for return_trajectory, "x" (CPU
     tensors: x at t = 1 and after every step, or every accepted RK45 step) and "t" (their times).
     """
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be an SDE (VESDE, VPSDE, SubVPSDE), got {type(sde).__name__}")
     if method not in SDE_SAMPLERS:
         raise ValueError(f"method must be one of {tuple(SDE_SAMPLERS)}, got {method!r}")
     if ode_solver not in ODE_SOLVERS:
@@ -413,8 +418,15 @@ def sde_sample(score_model, sde: SDE, shape: Sequence[int], method: Method = "eu
         raise ValueError(f"shape must be [B, ...] with at least two positive integer sizes, got {shape}")
     if x_T is not None and tuple(x_T.shape) != shape:
         raise ValueError(f"x_T must have shape {shape}, got {tuple(x_T.shape)}")
-    if context is not None and context.shape[0] != shape[0]:
+    if x_T is not None and not torch.isfinite(x_T).all():
+        raise ValueError("x_T must be finite: it holds NaN or inf")
+    if context is not None and (context.ndim == 0 or context.shape[0] != shape[0]):
         raise ValueError(f"context must have batch size {shape[0]}, got shape {tuple(context.shape)}")
+    if guidance_scale is not None:
+        if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 0):
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if context is None:
+            raise ValueError("guidance_scale needs a context (the condition to guide towards)")
 
     device = device if device is not None else (x_T.device if x_T is not None else _model_device(score_model))
     x = x_T.to(device) if x_T is not None else sde.prior_sample(shape, generator, device)
@@ -438,6 +450,9 @@ def sde_sample(score_model, sde: SDE, shape: Sequence[int], method: Method = "eu
     finally:
         if was_training:
             score_model.train()
+    if not torch.isfinite(x).all():                                        # one cheap check, at the end
+        raise FloatingPointError(f"sde_sample method {method!r} with steps={steps} produced NaN or inf (the score "
+                                 f"model's output is not finite, the steps are too coarse, or {x.dtype} overflowed)")
     info["nfe"] = score.nfe
     return (x, info) if return_trajectory or return_info else x
 

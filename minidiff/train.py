@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed, imaging
-from .losses import diffusion_loss
-from .schedule import NoiseSchedule
+from .losses import WEIGHTINGS, diffusion_loss
+from .schedule import PREDICTION_TYPES, NoiseSchedule
 
 Decay = Literal["linear", "cosine", "constant"]
 DECAYS = ("linear", "cosine", "constant")
@@ -91,16 +91,32 @@ class TrainConfig:
         check("decay", self.decay, DECAYS)
         check("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
         check("objective", self.objective, OBJECTIVES)
-        if self.steps is not None and self.steps < 0:
-            raise ValueError(f"TrainConfig.steps must be >= 0, got {self.steps}")
-        for name in ("batch_size", "grad_accum_steps", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.context_dropout <= 1.0:
-            raise ValueError(f"TrainConfig.context_dropout must lie in [0, 1], got {self.context_dropout}")
-        if not 0.0 <= self.ema_decay <= 1.0:
-            raise ValueError(f"TrainConfig.ema_decay must lie in [0, 1], got {self.ema_decay}")
+        check("prediction_type", self.prediction_type, PREDICTION_TYPES)
+        check("loss_weighting", self.loss_weighting, WEIGHTINGS)
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or self.steps < 0):
+            raise ValueError(f"TrainConfig.steps must be None or an integer >= 0, got {self.steps!r}")
+        for name, minimum in (("epochs", 1), ("batch_size", 1), ("grad_accum_steps", 1), ("log_every", 1),
+                              ("sample_steps", 1), ("samples_per_class", 1), ("warmup_steps", 0),
+                              ("sample_every", 0), ("checkpoint_every", 0), ("num_workers", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"TrainConfig.{name} must be an integer >= {minimum}, got {value!r}")
+        for name, low, high in (("context_dropout", 0.0, 1.0), ("ema_decay", 0.0, 1.0)):
+            if not low <= getattr(self, name) <= high:                 # NaN fails too
+                raise ValueError(f"TrainConfig.{name} must lie in [{low}, {high}], got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {self.lr}")
+        for name in ("min_lr", "weight_decay"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(f"TrainConfig.grad_clip must be None or a finite number > 0, got {self.grad_clip}")
+        if not 0 < self.dsm_eps < 1:
+            raise ValueError(f"TrainConfig.dsm_eps must lie in the open interval (0, 1), got {self.dsm_eps}")
         self.adam_betas = tuple(self.adam_betas)
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"TrainConfig.adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -168,6 +184,7 @@ def drop_context(context: Optional[Tensor], p: float, generator: torch.Generator
     if null_id is None:
         raise ValueError("context dropout on integer class ids needs the model's null id "
                          "(a `null_id` or `num_classes` attribute); or set context_dropout=0")
+    drop = drop.reshape(-1, *([1] * (context.ndim - 1)))                    # [B, 1, ...]: whole samples
     return torch.where(drop, torch.full_like(context, int(null_id)), context)
 
 
@@ -199,6 +216,10 @@ class Trainer:
             raise ValueError("objective 'diffusion' needs schedule=NoiseSchedule(...)")
         if c.objective == "dsm" and sde is None:
             raise ValueError("objective 'dsm' needs sde=VESDE(...) / VPSDE(...) / SubVPSDE(...)")
+        if schedule is not None and not isinstance(schedule, NoiseSchedule):
+            raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+        if len(dataset) == 0:
+            raise ValueError("dataset is empty: it needs at least batch_size images")
         self.schedule, self.sde, self.dataset = schedule, sde, dataset
         self.dist = distributed.current()
         self.device = _pick_device(c.device, self.dist)
@@ -268,11 +289,14 @@ class Trainer:
         lr = lr_at(self.step, c, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if c.grad_clip is not None:
-            self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-            if not self.scaler.is_enabled() and not torch.isfinite(norm):
-                raise FloatingPointError(f"the gradient norm is {norm.item()} at step {self.step + 1}; stopping")
+        # Clip (grad_clip None: max norm inf, which only measures). A non-finite norm stops training before
+        # the update; under fp16's GradScaler it is expected now and then, and scaler.step skips that step.
+        self.scaler.unscale_(self.optimizer)
+        max_norm = c.grad_clip if c.grad_clip is not None else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if not self.scaler.is_enabled() and not torch.isfinite(norm):
+            raise FloatingPointError(f"the gradient norm is {norm.item()} at step {self.step + 1}; stopping before "
+                                     f"the update (no checkpoint is written with it)")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
@@ -479,7 +503,21 @@ class Trainer:
 def _pick_device(name: str, info: distributed.DistributedInfo) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = parse_device(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", info.local_rank if info.enabled else torch.cuda.current_device())
+    return device
+
+
+def parse_device(name) -> torch.device:
+    """torch.device(name), with errors that name the setting: an unknown type, or CUDA where there is none."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (or another torch device), "
+                         f"got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asks for CUDA, but torch.cuda.is_available() is False here; use 'cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: there are only {torch.cuda.device_count()} CUDA devices")
     return device

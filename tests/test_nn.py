@@ -398,3 +398,8 @@ def test_models_run_on_cuda():
     ae = AutoEncoder(variational=True).to(dev)
     x_hat, kl = ae(torch.rand(2, 1, 28, 28, device=dev))
     assert x_hat.shape == (2, 1, 28, 28) and kl.shape == (2,)
+
+
+def test_latent_unet_rejects_a_bottleneck_too_narrow_for_its_group_norm():
+    with pytest.raises(ValueError, match=r"channels\[2\]"):
+        LatentScoreUNet(channels=(16, 32, 32))

@@ -124,6 +124,8 @@ class AutoEncoder(nn.Module):
     def _encode(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"x must be a floating-point tensor (images in [-1, 1]), got dtype {x.dtype}")
         h, w = x.shape[2:]
         if h % 2 or w % 2 or h < 10 or w < 10:
             raise ValueError(f"x's height and width must be even and >= 10, got {h}x{w}")

@@ -79,6 +79,8 @@ class ContextUnet(nn.Module):
         expected = (self.in_channels, self.height, self.height)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"x must have shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"x must be a floating-point tensor (images in [-1, 1]), got dtype {x.dtype}")
         b = x.shape[0]
         t = as_time_batch(t, b, like=x)  # (B,)
         if context is None:  # all zeros means "no context"

@@ -62,6 +62,8 @@ def _prepare(x: Tensor, t: Tensor, in_channels: int, smallest: int, step: int) -
     """Check x [B, in_channels, H, W], make t [B], pad x to a size the convolutions fit."""
     if x.ndim != 4 or x.shape[1] != in_channels:
         raise ValueError(f"x must have shape (B, {in_channels}, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
     t = as_time_batch(t, x.shape[0], like=x)  # (B,)
     top, bottom = _fit_padding(x.shape[2], smallest, step)
     left, right = _fit_padding(x.shape[3], smallest, step)
@@ -277,6 +279,10 @@ class LatentScoreUNet(nn.Module):
     ):
         super().__init__()
         c = _check_config(in_channels, channels, 3, embed_dim)
+        if c[2] < 64:
+            # h3 is 1x1 at the smallest latent; GroupNorm(32, c[2]) there needs >= 2 values per group.
+            raise ValueError(f"channels[2] must be >= 64 (the 1x1 bottleneck's GroupNorm(32, .) needs 2 channels "
+                             f"per group), got channels={tuple(c)}")
         self.in_channels, self.channels, self.sde = in_channels, c, sde
         self.null_id = num_classes
         self.context_tokens = ContextTokens(num_classes, text_dim, context_dim)
