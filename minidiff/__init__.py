@@ -24,7 +24,7 @@ from .schedule import (
     x0_eps_from_v,
     x0_from_eps,
 )
-from .sde import SDE, SubVPSDE, VESDE, VPSDE, as_score_model, sde_from_config, sde_sample
+from .sde import SDE, VESDE, VPSDE, SubVPSDE, as_score_model, sde_from_config, sde_sample
 from .text import TextEncoder, Tokenizer
 from .text_to_image import TextToImage
 from .train import TrainConfig, Trainer

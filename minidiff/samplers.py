@@ -100,7 +100,8 @@ def ddim(denoise, x, schedule, timesteps, generator=None, callback=None, eta: fl
 def dpmpp_2m(denoise, x, schedule, timesteps, generator=None, callback=None) -> Tensor:
     """DPM-Solver++(2M), Lu et al. 2022 ("DPM-Solver++"), Algorithm 2: multistep, data prediction, in lambda.
 
-    With alpha = sqrt(alpha_bar), sigma_t = sqrt(1 - alpha_bar), lambda_ = log(alpha / sigma_t), h = lambda_next - lambda_cur:
+    With alpha = sqrt(alpha_bar), sigma_t = sqrt(1 - alpha_bar), lambda_ = log(alpha / sigma_t) and
+    h = lambda_next - lambda_cur:
         x_next = (sigma_next / sigma_cur) x - alpha_next (exp(-h) - 1) D
     where D = x0_pred on the first step and (1 + 1/(2r)) x0_pred - 1/(2r) x0_prev after, r = h_prev / h.
     The last step goes to lambda_ = +inf, where the update is x_next = x0_pred.
@@ -212,7 +213,8 @@ def sample(model, schedule: NoiseSchedule, shape, sampler: str = "ddim", steps: 
     every step, T, for "ddpm"; 25 otherwise); spacing: the grid ("leading" | "trailing" | "linspace" |
     "karras", see NoiseSchedule.timesteps).
     context: [B, ...] conditioning; guidance_scale w: classifier-free guidance (needs context).
-    eta: DDIM's noise (0..1). variance / add_noise: DDPM options. x_T: the starting noise [B, C, H, W]; else drawn with `generator`.
+    eta: DDIM's noise (0..1). variance / add_noise: DDPM options.
+    x_T: the starting noise [B, C, H, W]; else drawn with `generator`.
     Returns x0 samples [B, C, H, W]; with return_trajectory, (x0, trajectory) where trajectory is
     {"x": [x_T, x after each step], "x0_pred": [...], "timesteps": [...], "nfe": int}, tensors on the CPU.
     """

@@ -109,7 +109,8 @@ class NoiseSchedule:
     @classmethod
     def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999,
                zero_terminal_snr: bool = False) -> "NoiseSchedule":
-        """alpha_bar(t) = cos^2(((t + s) / (1 + s)) pi/2) (Nichol & Dhariwal 2021, Eq. 17), betas clipped at max_beta."""
+        """alpha_bar(t) = cos^2(((t + s) / (1 + s)) pi/2) (Nichol & Dhariwal 2021, Eq. 17),
+        betas clipped at max_beta.."""
         _check_T(T)
         if not s >= 0:
             raise ValueError(f"s must be >= 0, got {s}")
@@ -298,7 +299,8 @@ def x0_eps_from_v(x_t: Tensor, v: Tensor, alpha_bar) -> Tuple[Tensor, Tensor]:
     return a * x_t - s * v, s * x_t + a * v
 
 
-def x0_eps_from_output(output: Tensor, x_t: Tensor, alpha_bar, prediction_type: PredictionType) -> Tuple[Tensor, Tensor]:
+def x0_eps_from_output(output: Tensor, x_t: Tensor, alpha_bar,
+                       prediction_type: PredictionType) -> Tuple[Tensor, Tensor]:
     """Turn a network's raw output into the pair (x0_pred, eps_pred), whatever it was trained to predict."""
     if prediction_type == "epsilon":
         return x0_from_eps(x_t, output, alpha_bar), output

@@ -160,8 +160,9 @@ def test_alpha_bar_at_integer_and_between():
     (lambda: md.NoiseSchedule.linear(T=10).timesteps(11), "steps"),
     (lambda: md.NoiseSchedule.linear(T=10).timesteps(5, "uniform"), "spacing"),
     (lambda: md.NoiseSchedule.linear(T=10).add_noise(torch.ones(2, 3), torch.ones(2, 3), torch.tensor([0, 10])), "i"),
-    (lambda: md.NoiseSchedule.linear(T=10).add_noise(torch.ones(2, 3), torch.ones(2, 3), torch.tensor([0.5, 1.0])), "i"),
-    (lambda: md.NoiseSchedule.linear(T=10).add_noise(torch.ones(2, 3), torch.ones(2, 4), torch.tensor([0, 1])), "noise"),
+    (lambda: md.NoiseSchedule.linear(T=10).add_noise(torch.ones(2, 3), torch.ones(2, 3), torch.tensor([0.5, 1.])), "i"),
+    (lambda: md.NoiseSchedule.linear(T=10).add_noise(torch.ones(2, 3), torch.ones(2, 4), torch.tensor([0, 1])),
+     "noise"),
 ])
 def test_bad_input_names_the_argument(call, word):
     with pytest.raises(ValueError, match=word):
