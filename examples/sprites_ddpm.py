@@ -119,7 +119,7 @@ def sample_grids(model, schedule, device, out, n_per_class: int, seed: int, cond
     imaging.save_class_grid(torch.stack([with_noise[::n_per_class].cpu(), without_noise[::n_per_class].cpu()]),
                             ["DDPM", "no extra noise"], os.path.join(out, "ddpm_vs_no_noise.png"))
     imaging.save_trajectory_gif([frame[:: max(1, n_per_class // 2)] for frame in trajectory["x"]],
-                                os.path.join(out, "ddpm_trajectory.gif"), nrow=10)
+                                os.path.join(out, "ddpm_trajectory.gif"), nrow=10, scale=3, max_frames=30)
     imaging.save_class_grid(per_class(with_noise), row_names, os.path.join(out, "ddpm_per_class.png"))
 
     # Lesson 4: faster samplers, timed; lesson 3: one row per class for each.
