@@ -6,7 +6,7 @@ The four lessons of DeepLearning.AI's "How Diffusion Models Work", built on mini
   3. control    - one row per class, mixed contexts (hero + food ...), classifier-free guidance scales
   4. speed-up   - DDIM in 25 steps and DPM-Solver++ in 20, timed against DDPM
 
-    python examples/sprites_ddpm.py                      # quick preset on CPU (~10 min), course preset on CUDA
+    python examples/sprites_ddpm.py                      # quick preset on CPU (~6 min), course preset on CUDA
     python examples/sprites_ddpm.py --preset smoke       # seconds: checks everything runs
     python examples/sprites_ddpm.py --data sprites_1788_16x16.npy --labels sprite_labels_nc_1788_16x16.npy
     python examples/sprites_ddpm.py --data my_pixel_art/            # a folder of images: unconditional
