@@ -403,3 +403,10 @@ def test_models_run_on_cuda():
 def test_latent_unet_rejects_a_bottleneck_too_narrow_for_its_group_norm():
     with pytest.raises(ValueError, match=r"channels\[2\]"):
         LatentScoreUNet(channels=(16, 32, 32))
+
+
+def test_one_time_broadcasts_over_the_batch_as_the_course_passes_it():
+    model = ContextUnet(3, 8, 5, 16).eval()
+    x = torch.randn(3, 3, 16, 16)
+    course_t = torch.tensor([0.5])[:, None, None, None]                # [1, 1, 1, 1], as the course samples
+    torch.testing.assert_close(model(x, course_t), model(x, torch.full((3,), 0.5)))

@@ -34,12 +34,13 @@ __all__ = [
 def as_time_batch(t: Tensor | float, batch_size: int, like: Tensor) -> Tensor:
     """Return `t` as a float tensor [batch_size] on `like`'s device and dtype.
 
-    Accepts a python float, a 0-d tensor (broadcast to the batch) or any tensor holding exactly
-    `batch_size` numbers ([B], [B, 1], [B, 1, 1, 1] as the sprites course passes it).
+    Accepts a python float, a tensor holding one number (broadcast to the batch: the sprites course
+    samples with t of shape [1, 1, 1, 1]) or any tensor holding exactly `batch_size` numbers
+    ([B], [B, 1], [B, 1, 1, 1]).
     """
     t = torch.as_tensor(t, device=like.device, dtype=like.dtype)
-    if t.ndim == 0:
-        return t.expand(batch_size)
+    if t.numel() == 1:
+        return t.reshape(1).expand(batch_size)
     if t.numel() != batch_size:
         raise ValueError(f"t must hold one time per sample: {batch_size} values, got shape {tuple(t.shape)}")
     return t.reshape(batch_size)
