@@ -15,6 +15,7 @@ from .checkpoint import load_checkpoint, load_model, load_pipeline, save_checkpo
 from .guidance import Denoiser, guided_output, null_context_like
 from .likelihood import log_likelihood
 from .losses import diffusion_loss, dsm_loss
+from .pretrained import load_pretrained, save_pretrained
 from .samplers import SAMPLERS, ddim_invert, sample
 from .schedule import (
     NoiseSchedule,
@@ -35,6 +36,7 @@ __all__ = [
     "x0_from_eps", "eps_from_x0", "v_from_x0_eps", "x0_eps_from_v", "x0_eps_from_output",
     "SDE", "VESDE", "VPSDE", "SubVPSDE", "sde_sample", "log_likelihood", "as_score_model", "sde_from_config",
     "Trainer", "TrainConfig", "load_model", "load_pipeline", "load_checkpoint", "save_checkpoint",
+    "save_pretrained", "load_pretrained",
     "Tokenizer", "TextEncoder", "TextToImage",
     "data", "imaging", "nn",
 ]

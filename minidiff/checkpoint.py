@@ -234,17 +234,17 @@ def _cpu(obj):
 
 
 # ---------------------------------------------------------------------------------- reading
-def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict:
-    """Read a checkpoint with ``torch.load(weights_only=True)`` only. Errors name the path.
+def safe_torch_load(path: PathLike, map_location: Union[str, torch.device] = "cpu", what: str = "file") -> Any:
+    """``torch.load(path, weights_only=True)`` after checking every zip entry's CRC-32. Errors name the path.
 
-    FileNotFoundError for a missing file; CheckpointError (a ValueError) for a truncated or corrupt
-    file, a file that would need arbitrary unpickling, or a file that is not a minidiff checkpoint.
+    FileNotFoundError for a missing file; CheckpointError (a ValueError) for a truncated or corrupt file,
+    or one that would need arbitrary unpickling (which could run code) to read.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} is not a minidiff checkpoint: not a torch zip file (truncated or corrupt?)")
+        raise CheckpointError(f"{path} is truncated or corrupt: not a torch zip file")
     try:                                                  # every entry's CRC-32: catches flipped bytes too
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
@@ -253,7 +253,7 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     if damaged is not None:
         raise CheckpointError(f"{path} is corrupt: entry {damaged!r} fails its CRC-32 check")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"refusing to load {path}: it holds pickled Python objects that only "
@@ -261,6 +261,11 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
                               f"({first_line})") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"{path} is truncated or corrupt and cannot be read: {error}") from None
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict:
+    """Read a checkpoint with ``torch.load(weights_only=True)`` only (see safe_torch_load). Errors name the path."""
+    checkpoint = safe_torch_load(path, map_location, what="checkpoint")
     if not isinstance(checkpoint, dict) or "minidiff_version" not in checkpoint or "model" not in checkpoint:
         raise CheckpointError(f"{path} is a torch file but not a minidiff checkpoint "
                               f"(no 'minidiff_version' / 'model' entries)")

@@ -3,6 +3,7 @@
     minidiff train --preset quick --out runs/quick
     torchrun --nproc_per_node=2 -m minidiff train --preset course      # data-parallel, same command
     minidiff sample --checkpoint runs/quick/checkpoint.pt --n 64 --out grid.png --gif traj.gif --context hero
+    minidiff sample --checkpoint my_model/ --n 16          # a folder written by md.save_pretrained
 
 A mistake in what you typed (a missing file, a bad value) ends with exit code 2 and ONE line on
 stderr saying what is wrong; a failure while running (NaN loss, disk full) with exit code 1.
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sample", help="draw samples from a checkpoint into a PNG grid (and a GIF)",
         description="Sample from a checkpoint (EMA weights). Discrete-time samplers: ddpm, ddim, dpmpp_2m, "
                     "euler, heun; SDE checkpoints: euler_maruyama, pc, ode.")
-    sample.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint written by train")
+    sample.add_argument("--checkpoint", required=True, metavar="PATH",
+                        help="checkpoint file written by train, or a folder written by save_pretrained")
     sample.add_argument("--sampler", help="default: ddim (SDE checkpoints: euler_maruyama)")
     sample.add_argument("--steps", type=int, help="sampling steps (default: 25; SDE checkpoints: 500)")
     sample.add_argument("--eta", type=float, default=0.0, help="DDIM noise, 0 = deterministic (default 0)")
@@ -176,18 +178,27 @@ def cmd_sample(args) -> int:
         if value is not None and not value.lower().endswith(extension):
             raise ValueError(f"{name} must name a {extension} file, got {value!r}")
     device = parse_device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    checkpoint = ckpt.load_checkpoint(args.checkpoint)
-    model = ckpt.model_from_checkpoint(checkpoint, ema=not args.raw, device=device, path=args.checkpoint)
-    process = ckpt.schedule_or_sde_from_checkpoint(checkpoint)
+    if os.path.isdir(args.checkpoint):                                  # a save_pretrained folder
+        from . import pretrained
+        if args.raw:
+            raise ValueError(f"--raw needs a checkpoint file; the folder {args.checkpoint} holds one set of weights")
+        index = pretrained.read_index(args.checkpoint)
+        model, process = pretrained.load_pretrained(args.checkpoint, device=device)
+        spec, prediction_type = index["model"], index.get("prediction_type") or "epsilon"
+    else:
+        checkpoint = ckpt.load_checkpoint(args.checkpoint)
+        model = ckpt.model_from_checkpoint(checkpoint, ema=not args.raw, device=device, path=args.checkpoint)
+        process = ckpt.schedule_or_sde_from_checkpoint(checkpoint)
+        spec = checkpoint["model"]
+        prediction_type = (checkpoint.get("train_config") or {}).get("prediction_type", "epsilon")
     if process is None:
         raise ValueError(f"{args.checkpoint} records neither a noise schedule nor an SDE; it cannot be sampled")
-    shape = (args.n, *_image_shape(checkpoint["model"]))
+    shape = (args.n, *_image_shape(spec))
     context = parse_context(args.context, model, args.n) if args.context is not None else None
     generator = torch.Generator().manual_seed(args.seed)
     want_gif = args.gif is not None
     if isinstance(process, NoiseSchedule):
         from .samplers import sample
-        prediction_type = (checkpoint.get("train_config") or {}).get("prediction_type", "epsilon")
         result = sample(model, process, shape, sampler=args.sampler or "ddim", steps=args.steps or 25, eta=args.eta,
                         context=context, guidance_scale=args.guidance, prediction_type=prediction_type,
                         generator=generator, return_trajectory=want_gif, progress=True)

@@ -644,7 +644,7 @@ def checkpoint_file(tmp_path_factory):
 
 CLI_ROWS = [  # (id, argv, pattern); CKPT is replaced by the fixture's checkpoint
     ("sample unknown checkpoint", ["sample", "--checkpoint", "missing.pt"], r"checkpoint not found: missing.pt"),
-    ("sample checkpoint is a folder", ["sample", "--checkpoint", "."], r"checkpoint not found: \."),
+    ("sample checkpoint is a folder", ["sample", "--checkpoint", "."], r"\. is not a minidiff pretrained folder"),
     ("sample --steps 0", ["sample", "--checkpoint", "CKPT", "--steps", "0"], r"--steps must be >= 1, got 0"),
     ("sample --steps -2", ["sample", "--checkpoint", "CKPT", "--steps", "-2"], r"--steps must be >= 1, got -2"),
     ("sample --steps > T", ["sample", "--checkpoint", "CKPT", "--steps", "21", "--n", "2"],
