@@ -399,3 +399,23 @@ def test_default_classifier_accuracy_and_time(dataset, tmp_path):
     classifier = feature_extractor(dataset, cache_dir=str(tmp_path), progress=False)
     assert classifier.info["heldout_accuracy"] >= 0.99
     assert classifier.info["train_seconds"] < 120
+
+
+# ---------------------------------------------------------------------------------- Fréchet distance: a mean shift
+def test_frechet_grows_monotonically_with_a_mean_shift_and_equals_its_square():
+    """Shifting a set by a vector of length s leaves its covariance exactly as it was, so FD = s^2."""
+    x = torch.randn(2000, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    direction = torch.ones(8, dtype=torch.float64) / math.sqrt(8)             # unit length
+    shifts = (0.0, 0.1, 0.2, 0.5, 1.0)
+    distances = [frechet_distance(x, x + s * direction) for s in shifts]
+    assert distances[0] < 1e-8
+    assert all(a < b for a, b in zip(distances, distances[1:]))
+    for s, d in zip(shifts, distances):
+        assert d == pytest.approx(s**2, abs=1e-9)
+
+
+def test_frechet_mismatched_feature_sizes_name_both_sizes():
+    with pytest.raises(ValueError, match=r"feature dimensions differ: 4 vs 3"):
+        frechet_distance(torch.randn(5, 4), torch.randn(6, 3))
+    with pytest.raises(ValueError, match=r"feature dimensions differ: 2 vs 5"):
+        frechet_distance(np.zeros((3, 2)) + np.arange(3)[:, None], np.random.default_rng(0).normal(size=(4, 5)))
