@@ -11,20 +11,26 @@ prompt -> Tokenizer -> TextEncoder -> latent diffusion UNet with SpatialTransfor
   3. train the LatentScoreUNet and the TextEncoder together (TextConditionedUNet) with md.Trainer on
      (latent, caption ids), dropping 10 % of captions to "" for classifier-free guidance;
   4. save the pipeline (config.json + weights.pt), then render one row per prompt, and one row per
-     guidance scale for the first prompt.
+     guidance scale for the first prompt;
+  5. measure prompt fidelity: the sprite feature classifier (md.metrics.feature_extractor, trained on
+     the procedural sprites) reads the class, drawing and main colour of images made from held-out
+     real captions, at guidance w = 0 (unconditional: chance level), 1 and 3. Target: class and
+     main colour right >= 90 % of the time at w = 3.
 
 Run:  python examples/text_to_sprite.py --preset quick      (--preset smoke / full; full wants CUDA)
       python examples/text_to_sprite.py --preset quick --prompt "red apple" --prompt "white ghost"
 Writes to outputs/text_to_sprite/: reconstructions.png, prompts.png, guidance.png, autoencoder_loss.png,
-          loss.png, pipeline/ (config.json, weights.pt), results.md
+          loss.png, pipeline/ (config.json, weights.pt), results.md, fidelity.json
 Reload:   md.TextToImage.load_pretrained("outputs/text_to_sprite/pipeline")("purple ghost")
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch.utils.data import TensorDataset
@@ -34,6 +40,7 @@ from _common import Timer, parse_args, print_table, wrote  # noqa: E402
 
 from minidiff.data import ProceduralSprites  # noqa: E402
 from minidiff.imaging import save_class_grid, save_loss_curve  # noqa: E402
+from minidiff.metrics.features import ClassifierConfig, feature_extractor  # noqa: E402
 from minidiff.nn import reconstruction_loss  # noqa: E402
 from minidiff.schedule import NoiseSchedule  # noqa: E402
 from minidiff.text_to_image import (  # noqa: E402
@@ -43,6 +50,8 @@ from minidiff.text_to_image import (  # noqa: E402
     crop_images,
     measure_latent_scale,
     pad_images,
+    prompt_fidelity,
+    score_prompt_images,
 )
 from minidiff.train import TrainConfig, Trainer  # noqa: E402
 
@@ -62,19 +71,27 @@ class Preset:
     lr: float               # diffusion peak learning rate (AdamW, warm-up then linear decay)
     per_prompt: int         # samples per prompt row
     sample_steps: int       # DDIM steps
+    eval_prompts: int       # held-out real captions scored for prompt fidelity (a multiple of 5: every class)
+    classifier: Optional[ClassifierConfig] = None  # None: feature_extractor's default (cached in ~/.cache/minidiff)
 
 
 PRESETS = {
     "smoke": Preset(n_train=256, model=TextToImageConfig(unet_channels=(16, 32, 64), time_embed_dim=32,
                                                          unet_token_dim=32, text_dim=32, text_depth=1, text_heads=2),
-                    ae_steps=15, ae_batch=32, steps=8, batch_size=16, lr=1e-3, per_prompt=2, sample_steps=5),
+                    ae_steps=15, ae_batch=32, steps=8, batch_size=16, lr=1e-3, per_prompt=2, sample_steps=5,
+                    eval_prompts=5, classifier=ClassifierConfig(train_images=256, epochs=1, widths=(8, 8),
+                                                                batch_size=64, heldout_images=100)),
     "quick": Preset(n_train=10000, model=TextToImageConfig(unet_channels=(32, 64, 128), time_embed_dim=128,
                                                            unet_token_dim=64, text_dim=64, text_depth=2, text_heads=4),
-                    ae_steps=1200, ae_batch=64, steps=4000, batch_size=64, lr=1e-3, per_prompt=8, sample_steps=25),
+                    ae_steps=1200, ae_batch=64, steps=4000, batch_size=64, lr=1e-3, per_prompt=8, sample_steps=25,
+                    eval_prompts=100),
     "full": Preset(n_train=60000, model=TextToImageConfig(),      # the defaults: UNet (64, 128, 256), text 128 x 4
-                   ae_steps=10000, ae_batch=128, steps=40000, batch_size=256, lr=5e-4, per_prompt=10, sample_steps=50),
+                   ae_steps=10000, ae_batch=128, steps=40000, batch_size=256, lr=5e-4, per_prompt=10, sample_steps=50,
+                   eval_prompts=200),
 }
 KL_WEIGHT = 1e-3            # weight of the KL term per latent entry against the per-pixel reconstruction loss
+GUIDANCE_SCALES = (0.0, 1.0, 3.0)  # fidelity is measured at each; 0 = unconditional, 1 = conditional
+TARGET_RATE, TARGET_SCALE = 0.9, 3.0  # issue 11: class and main colour right >= 90 % of the time at w = 3
 
 
 def train_autoencoder(pipe: TextToImage, images: torch.Tensor, p: Preset, seed: int, device) -> list:
@@ -169,20 +186,68 @@ def main(argv=None) -> dict:
     save_class_grid(torch.stack(rows), [f"w = {w:g}: {prompts[0]}" for w in scales], path)
     wrote(path)
 
+    # 5. Prompt fidelity: does the image show the class, drawing and main colour its prompt asks for?
+    #    Prompts: held-out real captions (seed + 2), p.eval_prompts / 5 per class, so all are expressible.
+    held_out = ProceduralSprites(p.eval_prompts, seed=args.seed + 2)
+    eval_prompts = held_out.captions
+    cache_dir = os.path.join(args.out, "classifier_cache") if p.classifier is not None else None
+    classifier = feature_extractor("sprites", device=device, cache_dir=cache_dir, config=p.classifier,
+                                   progress=True)
+    with Timer() as fidelity_time:
+        fidelity = prompt_fidelity(pipe, eval_prompts, classifier, n_per_prompt=p.per_prompt,
+                                   guidance_scales=GUIDANCE_SCALES, steps=p.sample_steps, seed=args.seed)
+    real_images = held_out.tensors()[0]                                  # the sprites the captions describe
+    with torch.no_grad():
+        round_trip = pipe.decode_latents(pipe.encode_images(real_images)).cpu()
+    real = score_prompt_images(real_images, eval_prompts, classifier)     # the classifier's own ceiling
+    ceiling = score_prompt_images(round_trip, eval_prompts, classifier)   # the autoencoder's: what its latents keep
+    fidelity_rows = [[name] + [_rate(scores[a]) for a in ("class", "kind", "color")]
+                     for name, scores in (("real sprites (classifier check)", real),
+                                          ("real -> autoencoder -> decoded", ceiling))]
+    fidelity_rows += [[f"w = {w:g}" + (" (unconditional)" if w == 0 else " (conditional)" if w == 1 else "")]
+                      + [_rate(scores[a]) for a in ("class", "kind", "color")] for w, scores in fidelity.items()]
+    fidelity_table = print_table(fidelity_rows, ["images", "class right", "drawing right", "main colour right"])
+    at_target = fidelity.get(TARGET_SCALE)
+    target_met = at_target is not None and all(at_target[a]["rate"] >= TARGET_RATE for a in ("class", "color"))
+    verdict = (f"target (class and main colour right >= {TARGET_RATE:.0%} at w = {TARGET_SCALE:g}): "
+               + ("MET" if target_met else "NOT MET") + (f" (class {at_target['class']['rate']:.1%}, colour "
+                                                        f"{at_target['color']['rate']:.1%})" if at_target else ""))
+    print(verdict)
+    path = os.path.join(args.out, "fidelity.json")
+    with open(path, "w") as f:
+        json.dump({"prompts": eval_prompts, "n_per_prompt": p.per_prompt, "sampler": f"ddim {p.sample_steps}",
+                   "real": real, "autoencoder_round_trip": ceiling,
+                   "by_guidance_scale": {f"{w:g}": scores for w, scores in fidelity.items()},
+                   "target_met": target_met}, f, indent=1)
+    wrote(path)
+
     table = print_table([
         ["autoencoder", f"{p.ae_steps} steps", round(ae_time.seconds, 1), f"L1 reconstruction error {recon_error:.4f}"],
         ["UNet + text encoder", f"{p.steps} steps", round(train_time.seconds, 1),
          f"final loss {history[-1][1]:.4f}, latent_scale {pipe.latent_scale:.4f}"],
         ["sampling + decoding", f"{len(x)} images, DDIM {p.sample_steps}", round(sample_time.seconds, 2),
          "guidance 3.0"],
+        ["prompt fidelity", f"{len(eval_prompts)} prompts x {p.per_prompt} x {len(GUIDANCE_SCALES)} scales",
+         round(fidelity_time.seconds, 1), "see below"],
     ], ["stage", "work", "seconds", "result"])
     path = os.path.join(args.out, "results.md")
     with open(path, "w") as f:
-        f.write(f"# text_to_sprite, preset {args.preset}, {device}\n\n```\n{table}\n```\n")
+        f.write(f"# text_to_sprite, preset {args.preset}, {device}\n\n```\n{table}\n```\n\n"
+                f"## Prompt fidelity\n\n{len(eval_prompts)} held-out real captions x {p.per_prompt} images, "
+                f"DDIM {p.sample_steps}, read by the sprite feature classifier. w = 0 never sees the prompt "
+                f"(chance level); colour is scored only where the prompt names one. The first two rows "
+                f"score the real sprites of those captions, as drawn and after the autoencoder.\n\n"
+                f"```\n{fidelity_table}\n```\n\n{verdict}\n")
     wrote(path)
     return {"recon_error": recon_error, "latent_scale": pipe.latent_scale, "final_loss": history[-1][1],
+            "fidelity": fidelity, "fidelity_real": real, "fidelity_round_trip": ceiling, "target_met": target_met,
             "seconds": {"autoencoder": ae_time.seconds, "diffusion": train_time.seconds,
-                        "sampling": sample_time.seconds}}
+                        "sampling": sample_time.seconds, "fidelity": fidelity_time.seconds}}
+
+
+def _rate(score: dict) -> str:
+    """{"right": r, "asked": n, ...} -> "0.925 (148/160)"."""
+    return f"{score['rate']:.3f} ({score['right']}/{score['asked']})" if score["asked"] else "-"
 
 
 if __name__ == "__main__":

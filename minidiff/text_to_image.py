@@ -34,7 +34,8 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from functools import lru_cache
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ from .schedule import NoiseSchedule
 from .text import TextEncoder, Tokenizer
 
 __all__ = ["TextToImage", "TextToImageConfig", "TextConditionedUNet", "measure_latent_scale",
-           "pad_images", "crop_images"]
+           "pad_images", "crop_images", "parse_sprite_prompt", "score_prompt_images", "prompt_fidelity"]
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "weights.pt"
 
@@ -248,13 +249,89 @@ class TextToImage:
         weights = torch.load(os.path.join(directory, WEIGHTS_NAME), map_location="cpu", weights_only=True)
         autoencoder = build_model(config["autoencoder"]["class"], **decode_kwargs(config["autoencoder"]["kwargs"]))
         unet = build_model(config["unet"]["class"], **decode_kwargs(config["unet"]["kwargs"]))
-        text_encoder = TextEncoder(**config["text_encoder"])
+        text_encoder = TextEncoder(**{"mask_padding": False, **config["text_encoder"]})  # older files: no mask
         for name, part in (("autoencoder", autoencoder), ("unet", unet), ("text_encoder", text_encoder)):
             part.load_state_dict(weights[name])
         pipe = cls(autoencoder, unet, text_encoder, Tokenizer.from_config(config["tokenizer"]),
                    NoiseSchedule.from_config(config["schedule"]), config["latent_scale"],
                    config["image_size"], config["image_padding"])
         return pipe.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------- prompt fidelity
+ATTRIBUTES = ("class", "kind", "color")   # what a sprite prompt can ask for and the sprite classifier can read
+
+
+@lru_cache(maxsize=None)
+def _kind_to_class() -> Dict[str, str]:
+    """{drawing word ("slime", "ring", "cat", ...): sprite class}, from the procedural sprites' bank.
+    "hero" is a hero, unless the prompt also says "side-facing" (see parse_sprite_prompt)."""
+    from .data.procedural import _bank
+    kinds: Dict[str, str] = {}
+    for class_name, entries in _bank().items():             # in CLASS_NAMES order: "hero" first
+        for entry in entries:
+            kinds.setdefault(entry.kind, class_name)
+    return kinds
+
+
+def parse_sprite_prompt(prompt: str) -> Dict[str, Optional[str]]:
+    """What a sprite prompt asks for: {"class", "kind", "color"} -> names, None where it does not say.
+
+    The grammar is the captions' ("{color} [side-facing] {kind} [with ...]"): the kind is the
+    drawing word, the class follows from it ("side-facing" overrides), the main colour is the
+    first colour word not describing a part ("a blue cape", "white spots" are not the main colour).
+        "red hero with a blue cape"      -> {"class": "hero", "kind": "hero", "color": "red"}
+        "brown side-facing cat"          -> {"class": "side-facing", "kind": "cat", "color": "brown"}
+        "ring spell"                     -> {"class": "spell", "kind": "ring", "color": None}
+    """
+    from .data import COLOR_NAMES
+    words = Tokenizer.split(prompt)
+    kinds = _kind_to_class()
+    kind = next((w for w in words if w in kinds), None)
+    cls = "side-facing" if "side-facing" in words else kinds.get(kind)
+    color = next((w for w, after in zip(words, words[1:] + [""])
+                  if w in COLOR_NAMES and after not in ("cape", "spots")), None)
+    return {"class": cls, "kind": kind, "color": color}
+
+
+def score_prompt_images(images: Tensor, prompts: Sequence[str], classifier) -> Dict[str, dict]:
+    """How often images [B, 3, 16, 16] show what their prompts (B strings) ask, read by the sprite classifier.
+
+    classifier: md.metrics.feature_extractor("sprites") (its class, kind and main-colour heads).
+    Returns {attribute: {"right": r, "asked": n, "rate": r / n}}: an image counts for an attribute
+    only if its prompt names it (a prompt without a colour word is scored on class and kind only).
+    """
+    from .data import CLASS_NAMES
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+    names = {"class": list(CLASS_NAMES), **classifier.info["vocabularies"]}   # head -> index -> name
+    predicted = classifier.predict_attributes(images)                        # {head: [B] ids}
+    asked = [parse_sprite_prompt(p) for p in prompts]
+    scores = {}
+    for attribute in ATTRIBUTES:
+        pairs = [(a[attribute], names[attribute][int(k)]) for a, k in zip(asked, predicted[attribute])
+                 if a[attribute] is not None]                                # (asked, seen)
+        right = sum(want == seen for want, seen in pairs)
+        scores[attribute] = {"right": right, "asked": len(pairs), "rate": right / len(pairs) if pairs else math.nan}
+    return scores
+
+
+def prompt_fidelity(pipe: "TextToImage", prompts: Sequence[str], classifier, n_per_prompt: int = 8,
+                    guidance_scales: Sequence[float] = (0.0, 1.0, 3.0), steps: int = 25, sampler: str = "ddim",
+                    seed: int = 0) -> Dict[float, Dict[str, dict]]:
+    """{guidance scale w: score_prompt_images of n_per_prompt images per prompt made at w}.
+
+    The same seed at every w (the same starting noise: a paired comparison). w = 0 is the
+    unconditional model, which never sees the prompt: its rates are the chance level of each
+    attribute under the model's own mix of sprites. w = 1 is the plain conditional model.
+    """
+    repeated = [p for p in prompts for _ in range(n_per_prompt)]             # pipe's order: prompt-major
+    results = {}
+    for w in guidance_scales:
+        images = pipe(list(prompts), steps=steps, guidance_scale=w, sampler=sampler, n_per_prompt=n_per_prompt,
+                      generator=torch.Generator().manual_seed(seed))         # [K * n, 3, 16, 16]
+        results[float(w)] = score_prompt_images(images.cpu(), repeated, classifier)
+    return results
 
 
 def _atomic_write_text(text: str, path: str) -> None:

@@ -41,6 +41,33 @@ def test_reference_path_is_softmax_qk_v():
     torch.testing.assert_close(attn(x, c)[0], expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("context_dim", [None, 6])
+def test_key_padding_mask_fast_equals_reference_and_hides_masked_keys(context_dim):
+    """mask [B, M] (True = attend): both paths agree, and masked keys may hold anything, or be cut off."""
+    torch.manual_seed(4)
+    attn = CrossAttention(16, context_dim, heads=4).eval()
+    x = torch.randn(3, 7, 16)
+    context = None if context_dim is None else torch.randn(3, 7, context_dim)
+    mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4, [True] + [False] * 6])  # (B, M): 7, 3, 1 keys
+    fast, ref = attn(x, context, mask=mask), attn(x, context, reference=True, mask=mask)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast[0], attn(x[:1], None if context is None else context[:1])[0])  # all True
+    if context is not None:                           # the 3 kept keys of row 1 are all that matters
+        scrambled = torch.where(mask[..., None], context, torch.randn_like(context) * 100)
+        torch.testing.assert_close(attn(x, scrambled, mask=mask), fast, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(attn(x[1:2], context[1:2, :3])[0], fast[1], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="mask"):
+        attn(x, context, mask=mask.float())
+
+
+def test_transformer_blocks_pass_the_context_mask_on():
+    torch.manual_seed(5)
+    block = SpatialTransformer(8, context_dim=4, heads=2).eval()
+    x, c = torch.randn(2, 8, 3, 3), torch.randn(2, 5, 4)
+    mask = torch.tensor([[True, True, False, False, False]] * 2)
+    torch.testing.assert_close(block(x, c, context_mask=mask), block(x, c[:, :2]), atol=1e-5, rtol=1e-5)
+
+
 def test_cross_attention_depends_on_context_and_self_attention_on_x():
     torch.manual_seed(2)
     attn = CrossAttention(16, context_dim=4, heads=2)

@@ -98,7 +98,7 @@ def test_changing_one_word_changes_the_encoding(tokenizer, encoder):
     red, blue = encoder(tokenizer.encode(["red ghost", "blue ghost"]))
     assert (red[0] - blue[0]).abs().max() > 1e-2                     # the changed word itself
     assert (red[1] - blue[1]).abs().max() > 1e-3                     # and, through attention, "ghost"
-    assert (red[5] - blue[5]).abs().max() > 1e-4                     # and the pad tokens (no mask: see text.py)
+    assert (red[5] - blue[5]).abs().max() > 1e-4                     # and the pad tokens (they attend to words)
 
 
 @torch.no_grad()
@@ -107,6 +107,37 @@ def test_a_prompt_encodes_the_same_whatever_the_batch(tokenizer, encoder):
     alone = encoder(tokenizer.encode(["purple ghost"]))
     batched = encoder(tokenizer.encode(["brown side-facing cat facing left", "purple ghost", ""]))
     torch.testing.assert_close(batched[1:2], alone, rtol=0, atol=1e-6)
+
+
+@torch.no_grad()
+def test_padding_is_masked_out_of_the_word_encodings(tokenizer, encoder):
+    """Pad tokens are no keys: word encodings depend neither on how much padding follows nor on <pad>'s vector."""
+    ids = tokenizer.encode(["purple ghost", "blue side-facing hero facing left"])   # 2 and 5 words
+    words = encoder.key_mask(ids)                                                   # (B, L)
+    assert words.sum(1).tolist() == [2, 5]
+    full, cut = encoder(ids), encoder(ids[:, :6])                                   # L = 16 and L = 6
+    torch.testing.assert_close(cut[words[:, :6]], full[:, :6][words[:, :6]], rtol=0, atol=1e-5)
+    other_pad = TextEncoder(**encoder.to_config()).eval()
+    other_pad.load_state_dict(encoder.state_dict())
+    other_pad.token_embedding.weight[tokenizer.pad_id] += 1.0                       # a different <pad> vector
+    torch.testing.assert_close(other_pad(ids)[words], full[words], rtol=0, atol=1e-5)
+    unmasked = TextEncoder(**{**encoder.to_config(), "mask_padding": False}).eval()
+    unmasked.load_state_dict(encoder.state_dict())                                  # same weights, no mask
+    assert (unmasked(ids)[0, :2] - unmasked(ids[:, :6])[0, :2]).abs().max() > 1e-4  # then padding leaks in
+
+
+@torch.no_grad()
+def test_empty_prompt_keeps_position_zero_as_its_key(tokenizer, encoder):
+    ids = tokenizer.encode(["", "red apple"])
+    assert encoder.key_mask(ids)[0].tolist() == [True] + [False] * 15               # never no key at all
+    empty = encoder(ids)[0]
+    assert torch.isfinite(empty).all()
+    torch.testing.assert_close(encoder(ids[:1, :1])[0, 0], empty[0], rtol=0, atol=1e-5)  # only position 0 is seen
+
+
+def test_encoder_config_round_trip(encoder):
+    config = encoder.to_config()
+    assert config["mask_padding"] is True and TextEncoder(**config).to_config() == config
 
 
 def test_encoder_is_deterministic_in_eval_and_trains(tokenizer, encoder):

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 import minidiff as md
-from minidiff.data import ProceduralSprites
+from minidiff.data import CLASS_NAMES, COLOR_NAMES, ProceduralSprites
+from minidiff.metrics.features import FeatureClassifier
 from minidiff.nn import AutoEncoder
 from minidiff.text_to_image import (
     TextConditionedUNet,
@@ -19,6 +20,9 @@ from minidiff.text_to_image import (
     crop_images,
     measure_latent_scale,
     pad_images,
+    parse_sprite_prompt,
+    prompt_fidelity,
+    score_prompt_images,
 )
 
 TINY = TextToImageConfig(ae_channels=(8, 16), unet_channels=(16, 32, 64), time_embed_dim=16, unet_token_dim=16,
@@ -131,6 +135,70 @@ def test_bad_arguments_fail_loudly(pipe):
         pipe([], steps=2)
 
 
+def test_loading_a_file_without_mask_padding_keeps_the_unmasked_encoder(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "p")
+    with open(tmp_path / "p" / "config.json") as f:
+        config = json.load(f)
+    assert config["text_encoder"]["mask_padding"] is True
+    del config["text_encoder"]["mask_padding"]                                 # a file from before the mask
+    with open(tmp_path / "p" / "config.json", "w") as f:
+        json.dump(config, f)
+    assert TextToImage.load_pretrained(tmp_path / "p").text_encoder.mask_padding is False
+
+
+# ------------------------------------------------------------------------------------------ prompt fidelity
+def test_parse_sprite_prompt_agrees_with_every_real_caption():
+    data = ProceduralSprites(1000, seed=4)
+    for caption, label, kind, color in zip(data.captions, data.labels.argmax(1), data.kinds, data.main_colors):
+        assert parse_sprite_prompt(caption) == {"class": CLASS_NAMES[label], "kind": kind, "color": color}, caption
+    assert parse_sprite_prompt("hero with a red cape") == {"class": "hero", "kind": "hero", "color": None}
+    assert parse_sprite_prompt("Star spell!") == {"class": "spell", "kind": "star", "color": None}
+    assert parse_sprite_prompt("a dragon") == {"class": None, "kind": None, "color": None}
+
+
+class ReadsTheTruth:
+    """A stand-in sprite classifier that 'sees' a fixed list of (class, kind, colour) names, in order."""
+
+    def __init__(self, seen):
+        kinds = sorted({kind for _, kind, _ in seen})
+        self.info = {"vocabularies": {"kind": kinds, "color": list(COLOR_NAMES)}}
+        self.seen = seen, kinds
+
+    def predict_attributes(self, images):
+        seen, kinds = self.seen
+        ids = [(CLASS_NAMES.index(c), kinds.index(k), COLOR_NAMES.index(col)) for c, k, col in seen[: len(images)]]
+        return {name: torch.tensor([row[j] for row in ids]) for j, name in enumerate(("class", "kind", "color"))}
+
+
+def test_score_prompt_images_counts_only_what_each_prompt_asks():
+    prompts = ["red apple", "purple ghost", "ring spell", "green slime"]       # "ring spell" names no colour
+    seen = [("food", "apple", "red"), ("non-hero", "ghost", "blue"), ("spell", "ring", "red"),
+            ("non-hero", "bat", "green")]
+    scores = score_prompt_images(torch.zeros(4, 3, 16, 16), prompts, ReadsTheTruth(seen))
+    assert scores["class"] == {"right": 4, "asked": 4, "rate": 1.0}
+    assert scores["kind"] == {"right": 3, "asked": 4, "rate": 0.75}
+    assert scores["color"] == {"right": 2, "asked": 3, "rate": pytest.approx(2 / 3)}
+
+
+def test_prompt_fidelity_scores_every_guidance_scale(pipe):
+    prompts = ["red apple", "blue ring spell"]
+    seen = [("food", "apple", "red")] * 3 + [("spell", "ring", "pink")] * 3       # what the 3 + 3 images show
+    result = prompt_fidelity(pipe, prompts, ReadsTheTruth(seen), n_per_prompt=3, guidance_scales=(0.0, 3.0), steps=2)
+    assert list(result) == [0.0, 3.0]
+    assert result[3.0]["class"]["asked"] == 6 and result[3.0]["class"]["rate"] == 1.0
+    assert result[3.0]["color"]["right"] == 3 and result[0.0]["kind"]["rate"] == 1.0
+
+
+def test_classifier_predict_attributes_reads_every_head():
+    torch.manual_seed(0)
+    classifier = FeatureClassifier(3, (8, 8), {"class": 5, "kind": 20, "color": 10})
+    x = ProceduralSprites(6, seed=0).tensors()[0]
+    predicted = classifier.predict_attributes(x, batch_size=4)
+    assert set(predicted) == {"class", "kind", "color"} and all(v.shape == (6,) for v in predicted.values())
+    assert torch.equal(predicted["class"], classifier.predict(x))
+    assert torch.equal(predicted["color"], classifier(x)["color"].argmax(1))
+
+
 # ------------------------------------------------------------------------------------------ example
 def test_text_to_sprite_smoke(tmp_path):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
@@ -142,6 +210,11 @@ def test_text_to_sprite_smoke(tmp_path):
             pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
         assert np.isfinite(pixels).all() and pixels.std() > 0, name
     assert (tmp_path / "results.md").is_file() and np.isfinite(result["final_loss"])
+    with open(tmp_path / "fidelity.json") as f:
+        fidelity = json.load(f)
+    assert list(fidelity["by_guidance_scale"]) == ["0", "1", "3"] and len(fidelity["prompts"]) == 5
+    assert result["fidelity"][3.0]["class"]["asked"] == 5 * 2 and isinstance(result["target_met"], bool)
+    assert "Prompt fidelity" in (tmp_path / "results.md").read_text()
     pipe = TextToImage.load_pretrained(tmp_path / "pipeline")
     again = TextToImage.load_pretrained(tmp_path / "pipeline")
     x = pipe(["red apple", "purple ghost"], steps=2, generator=generator(3))

@@ -18,7 +18,7 @@ sha256 of the training data's bytes and the config, written atomically and read 
 Why auxiliary heads: a classifier trained only on the 5 sprite classes may ignore colour, and a
 metric in its features would not see a model that paints every sprite red. Sprite classifiers
 therefore also predict the drawing ("slime", "apple", ...) and the main colour; ``predict`` uses
-the class head only.
+the class head only, ``predict_attributes`` every head.
 """
 
 from __future__ import annotations
@@ -122,6 +122,19 @@ class FeatureClassifier(nn.Module):
     def predict(self, x: Tensor, batch_size: int = 1000) -> Tensor:
         """Predicted class ids [B] (int64, on the CPU) of images [B, C, H, W] in [-1, 1]."""
         return self._batched(x, batch_size, lambda chunk: self.heads["class"](self._features(chunk)).argmax(1))
+
+    @torch.no_grad()
+    def predict_attributes(self, x: Tensor, batch_size: int = 1000) -> Dict[str, Tensor]:
+        """{head name: predicted ids [B] (int64, CPU)} for every head: "class", and for sprite classifiers
+        "kind" and "color", indices into ``info["vocabularies"][name]`` (set by feature_extractor)."""
+        names = list(self.heads)
+
+        def all_heads(chunk: Tensor) -> Tensor:
+            h = self._features(chunk)                                   # [b, D]
+            return torch.stack([self.heads[name](h).argmax(1) for name in names], dim=1)  # [b, heads]
+
+        ids = self._batched(x, batch_size, all_heads)                   # [B, heads]
+        return {name: ids[:, j] for j, name in enumerate(names)}
 
     def _batched(self, x: Tensor, batch_size: int, fn) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:

@@ -30,6 +30,9 @@ class CrossAttention(nn.Module):
         softmax(Q K^T / sqrt(d)) V reads. The tests check that the two agree.
     `dim_head` defaults to query_dim // heads (then heads must divide query_dim).
     Attention dropout, if any, is applied only in training mode.
+    `mask` (optional, bool [B, M], True = attend): a key-padding mask; keys where it is False get
+    weight 0 for every query (their score is -inf before the softmax). Every row needs at least one
+    True, else the softmax is 0 / 0 = NaN.
     """
 
     def __init__(
@@ -61,7 +64,8 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(self.context_dim, inner, bias=False)
         self.to_out = nn.Linear(inner, query_dim)
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None, reference: bool = False) -> Tensor:
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, reference: bool = False,
+                mask: Optional[Tensor] = None) -> Tensor:
         context = x if context is None else context
         if x.ndim != 3 or x.shape[-1] != self.query_dim:
             raise ValueError(f"x must have shape (B, N, {self.query_dim}), got {tuple(x.shape)}")
@@ -69,16 +73,23 @@ class CrossAttention(nn.Module):
             raise ValueError(
                 f"context must have shape ({x.shape[0]}, M, {self.context_dim}), got {tuple(context.shape)}"
             )
+        if mask is not None and (mask.dtype != torch.bool or mask.shape != context.shape[:2]):
+            raise ValueError(
+                f"mask must be bool of shape {tuple(context.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}"
+            )
+        keep = None if mask is None else rearrange(mask, "b m -> b 1 1 m")  # (B, 1, 1, M), broadcast over h, N
         q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.heads)  # (B, h, N, d)
         k = rearrange(self.to_k(context), "b m (h d) -> b h m d", h=self.heads)  # (B, h, M, d)
         v = rearrange(self.to_v(context), "b m (h d) -> b h m d", h=self.heads)  # (B, h, M, d)
         p = self.dropout if self.training else 0.0
         if reference:
             scores = torch.einsum("bhnd,bhmd->bhnm", q, k) / math.sqrt(self.dim_head)  # (B, h, N, M)
+            if keep is not None:
+                scores = scores.masked_fill(~keep, float("-inf"))  # masked keys: exp(-inf) = 0
             attn = F.dropout(scores.softmax(dim=-1), p=p)  # each row sums to 1 over the M keys
             out = torch.einsum("bhnm,bhmd->bhnd", attn, v)  # (B, h, N, d)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, N, d)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p)  # (B, h, N, d)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))  # (B, N, query_dim)
 
 
@@ -88,7 +99,8 @@ class TransformerBlock(nn.Module):
     Source: Vaswani et al. 2017 with pre-norm (Xiong et al. 2020), as in the score-SDE tutorial's
     UNet_Tranformer and latent diffusion's BasicTransformerBlock. x [B, N, dim] -> [B, N, dim].
     With `context=None` the cross-attention attends to x (a second self-attention), which needs
-    context_dim == dim.
+    context_dim == dim. `context_mask` (bool [B, M], True = attend) hides context tokens (padding)
+    from the cross-attention; see CrossAttention.
     """
 
     def __init__(
@@ -110,9 +122,9 @@ class TransformerBlock(nn.Module):
             nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_ratio * dim, dim)
         )
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, context_mask: Optional[Tensor] = None) -> Tensor:
         x = x + self.attn_self(self.norm1(x))  # (B, N, dim)
-        x = x + self.attn_cross(self.norm2(x), context)  # (B, N, dim)
+        x = x + self.attn_cross(self.norm2(x), context, mask=context_mask)  # (B, N, dim)
         return x + self.mlp(self.norm3(x))  # (B, N, dim)
 
 
@@ -121,7 +133,8 @@ class SpatialTransformer(nn.Module):
 
     Source: Rombach et al. 2022 (latent diffusion), Sec. 3.3, in the score-SDE tutorial's simple form
     (no norm/projection around the block). Each of the H*W pixels is a token of width C; with a
-    `context` [B, M, context_dim] every pixel cross-attends to the condition tokens.
+    `context` [B, M, context_dim] every pixel cross-attends to the condition tokens (but not to
+    those where the optional `context_mask` [B, M] is False).
     Residual: the TransformerBlock's three residual branches add onto the pixel features, so the
     output is x + f(x) and a block whose branches output zero is the identity. (The tutorial adds
     x once more after the block, which doubles the features at every SpatialTransformer.)
@@ -134,10 +147,10 @@ class SpatialTransformer(nn.Module):
         self.channels = channels
         self.transformer = TransformerBlock(channels, context_dim, heads, dim_head)
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, context_mask: Optional[Tensor] = None) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(f"x must have shape (B, {self.channels}, H, W), got {tuple(x.shape)}")
         _, _, h, w = x.shape
         tokens = rearrange(x, "b c h w -> b (h w) c")  # (B, H*W, C)
-        tokens = self.transformer(tokens, context)  # (B, H*W, C), = tokens + attention + MLP
+        tokens = self.transformer(tokens, context, context_mask)  # (B, H*W, C), = tokens + attention + MLP
         return rearrange(tokens, "b (h w) c -> b c h w", h=h, w=w)  # (B, C, H, W)
