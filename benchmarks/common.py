@@ -291,13 +291,18 @@ class Table:
         lines += [f"- {note}" for note in self.notes]
         if self.notes:
             lines.append("")
-        lines.append("| " + " | ".join(header for _, header in self.columns) + " |")
+        lines.append("| " + " | ".join(_cell(header) for _, header in self.columns) + " |")
         lines.append("|" + "|".join("---" for _ in self.columns) + "|")
         for row in self.rows:
-            lines.append("| " + " | ".join(format_value(row.get(key)) for key, _ in self.columns) + " |")
+            lines.append("| " + " | ".join(_cell(format_value(row.get(key))) for key, _ in self.columns) + " |")
         if not self.rows:
             lines.append("| " + " | ".join("-" for _ in self.columns) + " |")
         return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """A table cell: a '|' inside it (as in |x - y|) is escaped, or it would end the cell."""
+    return text.replace("|", "\\|")
 
 
 def format_value(value) -> str:

@@ -1,4 +1,4 @@
-"""Execution modes: the same network run five ways, each a thin wrapper with the `model(x, t, context=None)`
+"""Execution modes: the same network run several ways, each a thin wrapper with the `model(x, t, context=None)`
 interface, so `md.sample` (and anything else in minidiff) runs it unchanged.
 
     eager               fp32, as written
@@ -10,6 +10,9 @@ interface, so `md.sample` (and anything else in minidiff) runs it unchanged.
     cuda_graphs         the whole forward captured once in a torch.cuda.CUDAGraph and replayed: one
                         launch instead of one per kernel (fixed shapes; CUDA only)
     compile_cudagraphs  torch.compile(mode="reduce-overhead"): Inductor kernels replayed as CUDA graphs
+    fast                channels_last + bf16 autocast, the two eager speed-ups together (no compiler);
+                        where the device has no fast bf16 (a CPU without native bf16 instructions, a GPU
+                        without bf16) it falls back to channels_last fp32: see fast_bf16()
 
 A wrapper is an nn.Module holding the network, so `parameters()` still finds the device and dtype.
 """
@@ -18,12 +21,12 @@ from __future__ import annotations
 
 import copy
 import shutil
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-MODES = ("eager", "bf16", "channels_last", "compile", "cuda_graphs", "compile_cudagraphs")
+MODES = ("eager", "bf16", "channels_last", "compile", "cuda_graphs", "compile_cudagraphs", "fast")
 CUDA_ONLY = ("cuda_graphs", "compile_cudagraphs")
 
 
@@ -37,6 +40,57 @@ def mode_unavailable(mode: str, device) -> Optional[str]:
     if mode.startswith("compile") and device.type == "cpu" and shutil.which("g++") is None \
             and shutil.which("c++") is None:
         return "torch.compile on the CPU needs a C++ compiler (none found)"
+    return None
+
+
+def fast_bf16(device) -> Tuple[bool, str]:
+    """(whether the "fast" mode runs bf16 on `device`, a sentence saying why, for the report).
+
+    CUDA: torch.cuda.is_bf16_supported(). CPU: oneDNN must be built in and report bf16 support
+    (torch.ops.mkldnn._is_mkldnn_bf16_supported: an AVX-512 core or better), AND the CPU must have
+    native bf16 dot-product instructions (avx512_bf16 or amx_bf16 in /proc/cpuinfo; where that file
+    cannot be read, a torch CPU capability naming AMX). Without them oneDNN emulates bf16 with fp32
+    arithmetic plus conversions, which is usually slower than plain fp32.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return True, f"bf16 autocast + channels_last on {torch.cuda.get_device_name(device)}"
+        return False, "this GPU has no bf16: the fast mode runs channels_last fp32"
+    if device.type != "cpu":
+        return False, f"no bf16 check for {device.type}: the fast mode runs channels_last fp32"
+    capability = _cpu_capability()
+    if not torch.backends.mkldnn.is_available():
+        return False, "torch was built without oneDNN: the fast mode runs channels_last fp32"
+    try:
+        onednn_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        onednn_bf16 = capability.startswith("AVX512")
+    flags = _cpu_flags()
+    native = ({"avx512_bf16", "amx_bf16"} & flags) if flags is not None else ({"AMX"} if "AMX" in capability else set())
+    if onednn_bf16 and native:
+        return True, (f"bf16 autocast + channels_last (CPU capability {capability}, native bf16: "
+                      f"{', '.join(sorted(native))})")
+    return False, (f"this CPU (capability {capability}) has no native bf16 instructions (avx512_bf16 / amx_bf16): "
+                   "the fast mode falls back to channels_last fp32")
+
+
+def _cpu_capability() -> str:
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        return "unknown"
+
+
+def _cpu_flags() -> Optional[set]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), or None where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
     return None
 
 
@@ -141,6 +195,9 @@ def wrap(model: nn.Module, mode: str, x: Tensor, t: Tensor, context: Optional[Te
         return Autocast(model)
     if mode == "channels_last":
         return ChannelsLast(model)
+    if mode == "fast":
+        bf16, _ = fast_bf16(x.device)
+        return Autocast(ChannelsLast(model)) if bf16 else ChannelsLast(model)
     if mode == "compile":
         torch._dynamo.reset()                   # a fresh cache: no recompile limits carried between rows
         return torch.compile(model, dynamic=False)

@@ -5,7 +5,8 @@
     python benchmarks/run_all.py                  # everything (long on a CPU: every mode, bigger budgets)
     python benchmarks/run_all.py --quick --only sampling --threads 1
 
-Each benchmark still writes its own results/NAME.md and NAME.json; summary.md concatenates them.
+Each benchmark still writes its own results/NAME.md and NAME.json; summary.md concatenates them,
+after issue 8's Targets table (taken from bench_sampling.md) at the top.
 """
 
 from __future__ import annotations
@@ -23,6 +24,20 @@ import torch  # noqa: E402
 from benchmarks import bench_kernels, bench_sampling, bench_training, common  # noqa: E402
 
 BENCHMARKS = {"kernels": bench_kernels, "training": bench_training, "sampling": bench_sampling}
+
+
+def split_section(lines, heading: str):
+    """(the section of markdown `lines` that starts at the line `heading` and runs to the next heading of the
+    same level, the other lines); ([], lines) where there is no such heading."""
+    if heading not in lines:
+        return [], lines
+    start = lines.index(heading)
+    level = heading.split(" ")[0] + " "
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(level)), len(lines))
+    section = lines[start:end]
+    while section and not section[-1].strip():
+        section.pop()
+    return section, lines[:start] + lines[end:]
 
 
 def main(argv=None) -> int:
@@ -56,9 +71,19 @@ def main(argv=None) -> int:
              f"Machine: {common.machine_line(common.machine_info())}.", "",
              "Wall time: " + ", ".join(f"{n} {s:.0f} s" for n, s in seconds.items()) + f"; total {total:.0f} s.", ""]
     parts += [f"- {note}" for note in notes] + [""]
+    sections = {}
     for name in names:
         with open(os.path.join(args.out, f"bench_{name}.md")) as f:
-            parts += ["#" + line if line.startswith("#") else line for line in f.read().splitlines()]  # one level down
+            sections[name] = f.read().splitlines()
+    if "sampling" in sections:        # issue 8's Targets table first; the sampling section points up to it
+        targets, sections["sampling"] = split_section(sections["sampling"], "## Targets")
+        parts += targets + [""] if targets else []
+        if targets:
+            at = next((i for i, line in enumerate(sections["sampling"]) if line.startswith("## ")),
+                      len(sections["sampling"]))
+            sections["sampling"][at:at] = ["(The Targets table of this run is at the top of this file.)", ""]
+    for name in names:
+        parts += ["#" + line if line.startswith("#") else line for line in sections[name]]   # one level down
         parts.append("")
     path = os.path.join(args.out, "summary.md")
     with open(path, "w") as f:

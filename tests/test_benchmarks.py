@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import minidiff as md  # noqa: E402
 from benchmarks import bench_kernels, bench_sampling, bench_training, common, course_baseline, modes  # noqa: E402
+from benchmarks.run_all import split_section  # noqa: E402
 from minidiff.nn import ContextUnet  # noqa: E402
 
 T = 20
@@ -124,6 +125,7 @@ def test_steps_within_budget():
 def test_common_helpers():
     assert common.format_value(None) == "-" and common.format_value(1234.5) == "1,234"
     assert common.format_value(0.012345) == "0.0123" and common.format_value(12.345) == "12.35"
+    assert common.Table("t", [("a", "|a|")], [{"a": "x | y"}]).markdown().splitlines()[-1] == "| x \\| y |"
     rows = [{"device": "cpu", "k": 1, "ms": 10.0}, {"device": "cuda", "k": 1, "ms": 2.0}]
     common.speedup_vs_cpu(rows, ("k",), "ms")
     assert rows[1]["cuda_speedup"] == 5.0 and "cuda_speedup" not in rows[0]
@@ -157,20 +159,120 @@ def _check_outputs(result, name, table_titles, number_keys):
     return data
 
 
+def _tiny_features(images):
+    """Stand-in for the sprite feature classifier (which takes ~20 s to train where it is not cached)."""
+    return images.flatten(1)[:, :6]
+
+
 def test_bench_sampling_smoke(tmp_path):
     result = bench_sampling.run(devices=("cpu", "cuda"), batches=(1,), modes=("eager", "bf16", "cuda_graphs"),
                                 samplers=("ddpm", "ddim"), n_feat=8, budget_s=0.02, repeats=1, quick=True,
-                                baseline_batches=(1,), out_dir=str(tmp_path), peak_n=64)
-    data = _check_outputs(result, "bench_sampling", ["md.sample", "minidiff vs the course's loop"],
-                          ["ms_per_step", "images_per_s", "gflops", "peak_percent", "ratio", "course_ms_per_step"])
+                                baseline_batches=(1,), out_dir=str(tmp_path), peak_n=64, target_batch=2,
+                                quality_n=6, quality_steps=2, quality_checkpoint=None, quality_features=_tiny_features)
+    tables = ["Targets", "md.sample", "minidiff vs the course's loop", "Sampler overhead outside the network",
+              "Fast mode vs fp32: sample quality"]
+    data = _check_outputs(result, "bench_sampling", tables,
+                          ["ms_per_step", "images_per_s", "gflops", "peak_percent", "ratio", "course_ms_per_step",
+                           "step_ms", "forward_ms", "null_step_us", "overhead_percent"])
     sampling = data["tables"]["md.sample"]["rows"]
     assert {(r["mode"], r["sampler"]) for r in sampling} == {("eager", "ddpm"), ("eager", "ddim"),
                                                             ("bf16", "ddpm"), ("bf16", "ddim")}
     assert all(1 <= r["steps_measured"] <= r["steps"] for r in sampling)
     assert any("cuda_graphs" in note for note in data["notes"]) or torch.cuda.is_available()
-    assert len(data["tables"]["minidiff vs the course's loop"]["rows"]) == 4       # ddpm, ddim x (unet, none)
+    baseline = data["tables"]["minidiff vs the course's loop"]["rows"]
+    assert [(r["mode"], r["sampler"], r["batch"]) for r in baseline] == [
+        ("eager", "ddpm-500", 1), ("eager", "ddim-25", 1), ("eager", "ddpm-500", 1), ("eager", "ddim-25", 1),
+        ("fast", "ddpm-500", 2), ("fast", "ddim-25", 2)]          # unet x 2, none x 2, then fast vs the course
+    assert all(r["speedup"] == pytest.approx(1 / r["ratio"]) and r["ratio_noise"] >= 0 for r in baseline)
     peaks = data["settings"]["peaks_gflops"]["cpu"]
     assert peaks["fp32"] == max(peaks["fp32_matmul"], peaks["fp32_conv"]) > 0 and peaks["bf16"] > 0
+    quality = data["tables"]["Fast mode vs fp32: sample quality"]["rows"]
+    assert len(quality) == 1 + torch.cuda.is_available() and quality[0]["n"] == 6
+    assert 0 <= quality[0]["mean_abs_diff"] <= quality[0]["max_abs_diff"] < 0.5
+
+    targets = data["tables"]["Targets"]["rows"]
+    names = [r["target"] for r in targets]
+    expected = ["cpu: sampler overhead outside the network, ddpm-500 batch 2",
+                "cpu: sampler overhead outside the network, ddim-25 batch 2",
+                "cpu: fp32 md.sample vs the course loop, ddpm-500 batch 1",
+                "cpu: fp32 md.sample vs the course loop, ddim-25 batch 1",
+                "cpu: fast mode vs the course loop (fp32), ddpm-500 batch 2",
+                "cpu: fast mode vs the course loop (fp32), ddim-25 batch 2",
+                "cpu: fast mode leaves sample quality unchanged (6 samples, ddim-2)",
+                "H100: DDIM-25, 32 sprites, one md.sample call", "H100: 1024 sprites, bf16, DDIM-25",
+                "H100: fraction of peak printed on every GPU row", "H100: the course preset trains in <= 3 minutes",
+                "reference: ContextUnet n_feat=8 GFLOP per image per forward (not the course's n_feat=64)"]
+    assert names == expected
+    for row in targets:
+        assert row["holds"] in ("yes", "no", "no (within the noise)", "- (reference)") or \
+            row["holds"].startswith(("not run: ", "yes (measured on", "no (measured on")), row
+        assert row["measured"] and row["limit"] and row["how"]
+    if not torch.cuda.is_available():
+        assert all(r["holds"] == "not run: no GPU on this machine" for r in targets if r["target"].startswith("H100"))
+    assert targets[-1]["value"] > 0 and targets[-1]["limit_value"] == 0.301
+    with open(result["md"]) as f:
+        text = f.read()
+    assert text.index("## Targets") < text.index("## md.sample")
+    assert "max \\|diff\\|" in text                              # a '|' in a cell is escaped
+
+    summary_parts = split_section(text.splitlines(), "## Targets")
+    assert summary_parts[0][0] == "## Targets" and "## Targets" not in summary_parts[1]
+    assert len([line for line in summary_parts[0] if line.startswith("| cpu: ")]) == 7
+
+
+def test_fast_mode_runs_and_falls_back(monkeypatch):
+    """fast = channels_last + bf16 autocast where the device has fast bf16, else channels_last fp32; either
+    way it runs through md.sample and stays close to fp32."""
+    model, x_T = tiny_unet(), torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    t = torch.full((2,), 0.5)
+    bf16, reason = modes.fast_bf16("cpu")
+    assert isinstance(bf16, bool) and reason
+    assert modes.mode_unavailable("fast", "cpu") is None and "fast" in bench_sampling.default_modes("cpu", True)
+    schedule = md.NoiseSchedule.linear(T)
+    reference = md.sample(model, schedule, x_T.shape, sampler="ddim", steps=3, x_T=x_T, progress=False)
+    fast = modes.wrap(model, "fast", x_T, t)
+    assert isinstance(fast, modes.Autocast) == bf16
+    out = md.sample(fast, schedule, x_T.shape, sampler="ddim", steps=3, x_T=x_T, progress=False)
+    assert out.dtype == torch.float32 and torch.allclose(out, reference, atol=0.2)
+
+    no_bf16 = lambda device: (False, "no native bf16 (test)")  # noqa: E731
+    monkeypatch.setattr(modes, "fast_bf16", no_bf16)
+    monkeypatch.setattr(bench_sampling, "fast_bf16", no_bf16)
+    fallback = modes.wrap(model, "fast", x_T, t)
+    assert isinstance(fallback, modes.ChannelsLast)                    # channels_last fp32: no autocast
+    out = md.sample(fallback, schedule, x_T.shape, sampler="ddim", steps=3, x_T=x_T, progress=False)
+    assert torch.allclose(out, reference, atol=1e-4)
+    assert bench_sampling.peak_for({"fp32": 1.0, "bf16": 2.0}, "fast", "cpu") == ("fp32", 1.0)
+
+
+def test_fast_bf16_reads_the_cpu_flags(monkeypatch):
+    monkeypatch.setattr(modes, "_cpu_flags", lambda: {"avx512f", "avx512bw"})           # AVX-512 without bf16
+    assert modes.fast_bf16("cpu")[0] is False and "falls back" in modes.fast_bf16("cpu")[1]
+    if torch.backends.mkldnn.is_available():
+        try:
+            onednn_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        except (AttributeError, RuntimeError):
+            onednn_bf16 = False
+        monkeypatch.setattr(modes, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+        assert modes.fast_bf16("cpu")[0] == bool(onednn_bf16)
+
+
+def test_targets_read_the_cuda_rows(monkeypatch):
+    """The GPU targets on made-up CUDA rows (no GPU needed), and the CPU targets' "not run" reasons."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "NVIDIA H100 80GB HBM3")
+    cuda = [{"device": "cuda", "mode": "cuda_graphs", "sampler": "ddim", "batch": 32, "sample_s": 0.004,
+             "images_per_s": 8000.0, "peak_kind": "tf32", "peak_percent": 3.0},
+            {"device": "cuda", "mode": "fast", "sampler": "ddim", "batch": 1024, "sample_s": 0.06,
+             "images_per_s": 17000.0, "peak_kind": "bf16", "peak_percent": 20.0}]
+    rows = bench_sampling.targets(("cuda",), cuda, [], [], [], 301e6, 64, {}, 32, baseline=False, quality=False)
+    by_name = {r["target"].split(",")[0]: r for r in rows}
+    assert by_name["H100: DDIM-25"]["holds"] == "yes" and by_name["H100: DDIM-25"]["value"] == 0.004
+    assert by_name["H100: 1024 sprites"]["holds"] == "no" and "fast" in by_name["H100: 1024 sprites"]["measured"]
+    assert by_name["H100: fraction of peak printed on every GPU row"]["holds"] == "yes"
+    assert by_name["H100: the course preset trains in <= 3 minutes"]["holds"].startswith("not run: ")
+    assert all(r["holds"] == "not run: CPU not requested" for r in rows if r["target"].startswith("cpu: ")
+               and "quality" not in r["target"])
+    assert rows[-1]["measured"] == "0.301 GFLOP"
 
 
 def test_bench_kernels_smoke(tmp_path):
