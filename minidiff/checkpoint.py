@@ -30,7 +30,7 @@ import pickle
 import random
 import tempfile
 import zipfile
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -183,8 +183,8 @@ def write_checkpoint(path: PathLike, checkpoint: dict) -> None:
     atomic_torch_save(checkpoint, path)
 
 
-def atomic_torch_save(obj: Any, path: PathLike) -> None:
-    """torch.save to a temporary file beside `path`, flush + fsync, rename over `path`, fsync the folder.
+def atomic_write(path: PathLike, write: Callable[[Any], None], binary: bool = True) -> None:
+    """Call write(file) on a temporary file beside `path`, flush + fsync, rename over `path`, fsync the folder.
 
     Readers see either the old file or the complete new one, never a half-written one.
     """
@@ -193,8 +193,8 @@ def atomic_torch_save(obj: Any, path: PathLike) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -202,10 +202,20 @@ def atomic_torch_save(obj: Any, path: PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(error, OSError):
-            raise OSError(error.errno, f"could not write checkpoint {path} ({error.strerror or error}); "
+            raise OSError(error.errno, f"could not write {path} ({error.strerror or error}); "
                                        f"the previous file, if any, is untouched") from error
         raise
     _fsync_folder(folder)
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> None:
+    """torch.save(obj) to `path` atomically (see atomic_write)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: PathLike) -> None:
+    """Write `text` to `path` atomically (see atomic_write)."""
+    atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def _fsync_folder(folder: str) -> None:

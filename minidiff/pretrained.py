@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
@@ -41,8 +40,8 @@ from torch import nn
 from .checkpoint import (
     CheckpointError,
     PathLike,
-    _fsync_folder,
     atomic_torch_save,
+    atomic_write_text,
     build_model,
     decode_kwargs,
     load_checkpoint,
@@ -96,7 +95,7 @@ def save_pretrained(model: nn.Module, schedule_or_sde: Any, folder: PathLike, *,
     if os.path.exists(index_path):              # an old index must never describe half-replaced weights
         os.unlink(index_path)
     atomic_torch_save(weights, os.path.join(folder, WEIGHTS_NAME))    # 1. the weights ...
-    _atomic_write_text(_readable_json(index) + "\n", index_path)      # 2. ... then the index that names them
+    atomic_write_text(_readable_json(index) + "\n", index_path)      # 2. ... then the index that names them
     return index_path
 
 
@@ -127,23 +126,6 @@ def _readable_json(value: Any, depth: int = 0) -> str:
         entries = [f"{pad}{json.dumps(str(key))}: {_readable_json(item, depth + 1)}" for key, item in value.items()]
         return "{\n" + ",\n".join(entries) + "\n" + "  " * depth + "}"
     return json.dumps(value, allow_nan=False)        # floats are written exactly (repr), so betas round-trip
-
-
-def _atomic_write_text(text: str, path: str) -> None:
-    """Write `text` to a temporary file beside `path`, fsync, then rename it over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(folder)
 
 
 # ---------------------------------------------------------------------------------- reading

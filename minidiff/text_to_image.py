@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Dict, Optional, Sequence, Union
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import __version__
-from .checkpoint import atomic_torch_save, build_model, decode_kwargs, model_spec
+from .checkpoint import atomic_torch_save, atomic_write_text, build_model, decode_kwargs, model_spec
 from .samplers import sample
 from .schedule import NoiseSchedule
 from .text import TextEncoder, Tokenizer
@@ -236,7 +235,7 @@ class TextToImage:
                     raise FloatingPointError(f"refusing to save: {name}[{key!r}] is not finite")
         os.makedirs(directory, exist_ok=True)
         atomic_torch_save(weights, os.path.join(directory, WEIGHTS_NAME))
-        _atomic_write_text(json.dumps(config, indent=1), os.path.join(directory, CONFIG_NAME))
+        atomic_write_text(json.dumps(config, indent=1), os.path.join(directory, CONFIG_NAME))
         return directory
 
     @classmethod
@@ -333,18 +332,4 @@ def prompt_fidelity(pipe: "TextToImage", prompts: Sequence[str], classifier, n_p
         results[float(w)] = score_prompt_images(images.cpu(), repeated, classifier)
     return results
 
-
-def _atomic_write_text(text: str, path: str) -> None:
-    """Write a text file by temporary file + rename, so readers never see half of it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
