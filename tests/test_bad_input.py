@@ -22,7 +22,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from exact_models import ExactGaussianMixtureEps
+from test_exact_models import ExactGaussianMixtureEps
 
 import minidiff as md
 from minidiff import checkpoint as ckpt

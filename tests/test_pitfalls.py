@@ -5,7 +5,7 @@ import os
 import sys
 
 import torch
-from exact_models import ExactGaussianMixtureEps
+from test_exact_models import ExactGaussianMixtureEps
 
 import minidiff as md
 

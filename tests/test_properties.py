@@ -16,7 +16,7 @@ import math
 
 import pytest
 import torch
-from exact_models import ExactGaussianMixtureEps
+from test_exact_models import ExactGaussianMixtureEps
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

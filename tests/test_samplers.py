@@ -1,8 +1,8 @@
-"""Samplers driven by EXACT denoisers (tests/exact_models.py) must reproduce the data distribution."""
+"""Samplers driven by EXACT denoisers (tests/test_exact_models.py) must reproduce the data distribution."""
 
 import pytest
 import torch
-from exact_models import ExactGaussianMixtureEps
+from test_exact_models import ExactGaussianMixtureEps
 
 import minidiff as md
 
