@@ -16,9 +16,9 @@ import math
 
 import pytest
 import torch
-from test_exact_models import ExactGaussianMixtureEps
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_exact_models import ExactGaussianMixtureEps
 
 import minidiff as md
 from minidiff.schedule import PREDICTION_TYPES, SPACINGS
