@@ -32,7 +32,8 @@ from _common import Timer, heatmap, parse_args, print_table, wrote  # noqa: E402
 from minidiff.data import ProceduralDigits  # noqa: E402
 from minidiff.imaging import save_class_grid  # noqa: E402
 from minidiff.nn import ConditionalScoreUNet  # noqa: E402
-from minidiff.sde import VESDE, sde_sample  # noqa: E402
+from minidiff.sde import VESDE  # noqa: E402
+from minidiff.sde_samplers import sde_sample  # noqa: E402
 from minidiff.train import TrainConfig, Trainer  # noqa: E402
 
 

@@ -33,7 +33,8 @@ from _common import Timer, parse_args, print_table, wrote  # noqa: E402
 from minidiff.data import ProceduralDigits  # noqa: E402
 from minidiff.imaging import save_class_grid, save_loss_curve  # noqa: E402
 from minidiff.nn import AutoEncoder, LatentScoreUNet, reconstruction_loss  # noqa: E402
-from minidiff.sde import VESDE, sde_sample  # noqa: E402
+from minidiff.sde import VESDE  # noqa: E402
+from minidiff.sde_samplers import sde_sample  # noqa: E402
 from minidiff.train import TrainConfig, Trainer  # noqa: E402
 
 

@@ -32,7 +32,8 @@ from minidiff.data import ProceduralDigits  # noqa: E402
 from minidiff.imaging import save_class_grid, save_trajectory_gif  # noqa: E402
 from minidiff.likelihood import log_likelihood  # noqa: E402
 from minidiff.nn import ScoreUNet  # noqa: E402
-from minidiff.sde import VESDE, sde_sample  # noqa: E402
+from minidiff.sde import VESDE  # noqa: E402
+from minidiff.sde_samplers import sde_sample  # noqa: E402
 from minidiff.train import TrainConfig, Trainer  # noqa: E402
 
 

@@ -25,7 +25,8 @@ from .schedule import (
     x0_eps_from_v,
     x0_from_eps,
 )
-from .sde import SDE, VESDE, VPSDE, SubVPSDE, as_score_model, sde_from_config, sde_sample
+from .sde import SDE, VESDE, VPSDE, SubVPSDE, as_score_model, sde_from_config
+from .sde_samplers import sde_sample
 from .text import TextEncoder, Tokenizer
 from .text_to_image import TextToImage
 from .train import TrainConfig, Trainer

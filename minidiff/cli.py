@@ -203,7 +203,7 @@ def cmd_sample(args) -> int:
                         context=context, guidance_scale=args.guidance, prediction_type=prediction_type,
                         generator=generator, return_trajectory=want_gif, progress=True)
     else:
-        from .sde import sde_sample
+        from .sde_samplers import sde_sample
         result = sde_sample(model, process, shape, method=args.sampler or "euler_maruyama", steps=args.steps or 500,
                             context=context, guidance_scale=args.guidance, generator=generator,
                             return_trajectory=want_gif, progress=True)

@@ -1,4 +1,4 @@
-"""Score-based generative modelling with SDEs: the VE, VP and sub-VP SDEs and their samplers.
+"""Score-based generative modelling with SDEs: the VE, VP and sub-VP SDEs (their samplers: sde_samplers.py).
 
 Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole 2021, "Score-Based Generative Modeling through
 Stochastic Differential Equations" (ICLR 2021). "Eq. n" below is that paper's equation n.
@@ -17,22 +17,18 @@ Shapes: x is [B, ...] and t is [B] (a python float or 0-d tensor is broadcast to
 per-sample scalars g and std come back shaped [B, 1, ..., 1], so they broadcast against x;
 `marginal_std(t)` returns [B].
 
-The samplers (Euler–Maruyama, predictor–corrector, probability-flow ODE) are plain functions with one
-signature, chosen by name in SDE_SAMPLERS; `sde_sample` is the entry point. The likelihood lives in
-likelihood.py, the ODE solvers in ode.py.
+The samplers (Euler–Maruyama, predictor–corrector, probability-flow ODE) and `sde_sample` live in
+sde_samplers.py, the likelihood in likelihood.py, the ODE solvers in ode.py.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from .guidance import guided_output
-from .ode import heun, rk45
 from .schedule import PREDICTION_TYPES, NoiseSchedule, PredictionType, x0_eps_from_output
 
 Time = Union[Tensor, float]
@@ -304,160 +300,6 @@ def as_score_model(eps_model, schedule: NoiseSchedule, prediction_type: Predicti
     return ScoreFromEps(eps_model, schedule, prediction_type)
 
 
-# ==================================================================== samplers
-class GuidedScore:
-    """score(x, t) as the samplers call it: the model with its context and classifier-free guidance
-    (guidance.guided_output: score = s_uncond + w (s_cond - s_uncond), one batch of 2B), counting calls."""
-
-    def __init__(self, score_model, context=None, guidance_scale=None, uncond_context=None):
-        self.model, self.context = score_model, context
-        self.guidance_scale, self.uncond_context = guidance_scale, uncond_context
-        self.nfe = 0
-
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        self.nfe += 1
-        return guided_output(self.model, x, t, self.context, self.guidance_scale, self.uncond_context)
-
-
-def euler_maruyama(score, sde: SDE, x: Tensor, ts: Sequence[float], generator=None, callback=None,
-                   progress=False, **_) -> Tensor:
-    """Euler–Maruyama on the reverse-time SDE (Eq. 6) over the grid ts (descending); no noise on the last step."""
-    last = len(ts) - 2
-    for k in tqdm(range(len(ts) - 1), desc="euler_maruyama", disable=not progress, leave=False):
-        t, h = _batch_time(ts[k], x), ts[k] - ts[k + 1]
-        drift, g = sde.reverse(x, t, score(x, t))
-        x = x - drift * h                                                  # dt = -h: time runs backwards
-        if k < last:
-            x = x + g * math.sqrt(h) * _randn(x.shape, generator, x.device, x.dtype)
-        if callback is not None:
-            callback(ts[k + 1], x)
-    return x
-
-
-def predictor_corrector(score, sde: SDE, x: Tensor, ts: Sequence[float], generator=None, callback=None,
-                        progress=False, snr: float = 0.16, corrector_steps: int = 1, **_) -> Tensor:
-    """PC sampling (Algorithm 1): Langevin corrector steps at t (Algorithms 4-5), then a reverse-diffusion
-    predictor step to the next t (App. E); no noise on the last predictor step.
-
-    The Langevin step size is 2 alpha (snr ||z|| / ||score||)^2 with both norms averaged over the batch,
-    as in Song et al.'s code and the seed tutorial.
-    """
-    last = len(ts) - 2
-    for k in tqdm(range(len(ts) - 1), desc="pc", disable=not progress, leave=False):
-        t, h = _batch_time(ts[k], x), ts[k] - ts[k + 1]
-        for _ in range(corrector_steps):                                   # Langevin corrector
-            s = score(x, t)
-            z = _randn(x.shape, generator, x.device, x.dtype)
-            ratio = z.flatten(1).norm(dim=1).mean() / s.flatten(1).norm(dim=1).mean().clamp(min=1e-30)
-            step = _per_sample(2 * sde.langevin_alpha(t, h) * (snr * ratio) ** 2, x)
-            x = x + step * s + torch.sqrt(2 * step) * z
-        f, G = sde.discretize(x, t, h)                                     # reverse-diffusion predictor
-        x = x - f + G**2 * score(x, t)
-        if k < last:
-            x = x + G * _randn(x.shape, generator, x.device, x.dtype)
-        if callback is not None:
-            callback(ts[k + 1], x)
-    return x
-
-
-def probability_flow(score, sde: SDE, x: Tensor, ts: Sequence[float], generator=None, callback=None,
-                     progress=False, ode_solver: str = "rk45", rtol: float = 1e-5, atol: float = 1e-5,
-                     **_) -> Tensor:
-    """Solve the probability-flow ODE (Eq. 13) from ts[0] to ts[-1]: adaptive RK45 (which ignores the
-    grid in between) or fixed-step Heun on the grid."""
-
-    def drift(t: float, y: Tensor) -> Tensor:
-        t_batch = _batch_time(t, y)
-        return sde.probability_flow(y, t_batch, score(y, t_batch))
-
-    if ode_solver == "rk45":
-        x, _ = rk45(drift, x, ts[0], ts[-1], rtol=rtol, atol=atol, callback=callback, progress=progress)
-    else:
-        x, _ = heun(drift, x, ts, callback=callback, progress=progress)
-    return x
-
-
-Method = Literal["euler_maruyama", "pc", "ode"]
-SDE_SAMPLERS = {"euler_maruyama": euler_maruyama, "pc": predictor_corrector, "ode": probability_flow}
-ODE_SOLVERS = ("rk45", "heun")
-
-
-def sde_sample(score_model, sde: SDE, shape: Sequence[int], method: Method = "euler_maruyama", steps: int = 500,
-               eps: float = 1e-3, context: Optional[Tensor] = None, x_T: Optional[Tensor] = None,
-               generator: Optional[torch.Generator] = None, progress: bool = True, *,
-               guidance_scale: Optional[float] = None, uncond_context: Optional[Tensor] = None,
-               snr: float = 0.16, corrector_steps: int = 1, ode_solver: str = "rk45",
-               rtol: float = 1e-5, atol: float = 1e-5, return_trajectory: bool = False,
-               return_info: bool = False, device=None):
-    """Draw samples [B, ...] = shape by running `sde` backwards from its prior at t = 1 to t = eps.
-
-    method: "euler_maruyama" (steps steps), "pc" (steps predictor steps, each after `corrector_steps`
-        Langevin steps with signal-to-noise ratio `snr`), or "ode" (the probability-flow ODE, with
-        ode_solver "rk45" to tolerances rtol/atol, which ignores `steps`, or "heun" with `steps` steps).
-        Options of the other methods are ignored.
-    score_model(x, t, context) returns the score; x_T replaces the prior draw; guidance_scale turns on
-    classifier-free guidance (see guidance.py for the null context; or pass uncond_context).
-    Returns x. With return_trajectory=True or return_info=True, returns (x, info), info a dict with
-    "nfe" (score-model calls; a guided call of 2B counts once) and, for return_trajectory, "x" (CPU
-    tensors: x at t = 1 and after every step, or every accepted RK45 step) and "t" (their times).
-    """
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be an SDE (VESDE, VPSDE, SubVPSDE), got {type(sde).__name__}")
-    if method not in SDE_SAMPLERS:
-        raise ValueError(f"method must be one of {tuple(SDE_SAMPLERS)}, got {method!r}")
-    if ode_solver not in ODE_SOLVERS:
-        raise ValueError(f"ode_solver must be one of {ODE_SOLVERS}, got {ode_solver!r}")
-    _check_int("steps", steps, minimum=1)
-    _check_int("corrector_steps", corrector_steps, minimum=0)
-    if not 0 < eps < 1:
-        raise ValueError(f"eps must lie in the open interval (0, 1), got {eps}")
-    if not snr > 0:
-        raise ValueError(f"snr must be > 0, got {snr}")
-    shape = tuple(shape)
-    if len(shape) < 2 or not all(isinstance(n, int) and n >= 1 for n in shape):
-        raise ValueError(f"shape must be [B, ...] with at least two positive integer sizes, got {shape}")
-    if x_T is not None and tuple(x_T.shape) != shape:
-        raise ValueError(f"x_T must have shape {shape}, got {tuple(x_T.shape)}")
-    if x_T is not None and not torch.isfinite(x_T).all():
-        raise ValueError("x_T must be finite: it holds NaN or inf")
-    if context is not None and (context.ndim == 0 or context.shape[0] != shape[0]):
-        raise ValueError(f"context must have batch size {shape[0]}, got shape {tuple(context.shape)}")
-    if guidance_scale is not None:
-        if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 0):
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
-        if context is None:
-            raise ValueError("guidance_scale needs a context (the condition to guide towards)")
-
-    device = device if device is not None else (x_T.device if x_T is not None else _model_device(score_model))
-    x = x_T.to(device) if x_T is not None else sde.prior_sample(shape, generator, device)
-    ts = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64).tolist()  # descending, ts[0] = 1, ts[-1] = eps
-    score = GuidedScore(score_model, context, guidance_scale, uncond_context)
-    info = {"nfe": 0, "x": [x.detach().cpu()], "t": [ts[0]]} if return_trajectory else {"nfe": 0}
-
-    def record(t: float, x_t: Tensor) -> None:
-        info["x"].append(x_t.detach().cpu())
-        info["t"].append(t)
-
-    was_training = getattr(score_model, "training", False)
-    if was_training:
-        score_model.eval()                                                 # dropout off while sampling
-    try:
-        with torch.no_grad():
-            x = SDE_SAMPLERS[method](score, sde, x, ts, generator=generator,
-                                     callback=record if return_trajectory else None, progress=progress,
-                                     snr=snr, corrector_steps=corrector_steps, ode_solver=ode_solver,
-                                     rtol=rtol, atol=atol)
-    finally:
-        if was_training:
-            score_model.train()
-    if not torch.isfinite(x).all():                                        # one cheap check, at the end
-        raise FloatingPointError(f"sde_sample method {method!r} with steps={steps} produced NaN or inf (the score "
-                                 f"model's output is not finite, the steps are too coarse, or {x.dtype} overflowed)")
-    info["nfe"] = score.nfe
-    return (x, info) if return_trajectory or return_info else x
-
-
-# ==================================================================== helpers
 def _check_time(t: Time, like: Optional[Tensor] = None) -> Tensor:
     """t as a float tensor [B] (like's batch, dtype and device when given), checked to lie in [0, 1]."""
     if like is not None:
@@ -502,10 +344,3 @@ def _randn(shape, generator: Optional[torch.Generator], device=None, dtype=torch
     """Standard normal noise, drawn on the generator's device (for reproducibility) and moved to `device`."""
     draw_on = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=draw_on, dtype=dtype).to(device)
-
-
-def _model_device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration, TypeError):
-        return torch.device("cpu")

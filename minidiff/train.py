@@ -408,7 +408,7 @@ class Trainer:
             x = sample(self.ema.model, self.schedule, shape, sampler="ddim", steps=min(c.sample_steps, self.schedule.T),
                        context=contexts, prediction_type=c.prediction_type, generator=generator, progress=False)
         else:
-            from .sde import sde_sample
+            from .sde_samplers import sde_sample
             x = sde_sample(self.ema.model, self.sde, shape, steps=c.sample_steps, context=contexts,
                            generator=generator, progress=False)
         if path is None and c.out_dir is not None:

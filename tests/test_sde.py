@@ -16,15 +16,8 @@ from minidiff.likelihood import dequantize_8bit, log_likelihood
 from minidiff.losses import dsm_loss
 from minidiff.ode import dopri5_step, heun, rk45
 from minidiff.schedule import NoiseSchedule
-from minidiff.sde import (
-    SDE_SAMPLERS,
-    VESDE,
-    VPSDE,
-    SubVPSDE,
-    as_score_model,
-    sde_from_config,
-    sde_sample,
-)
+from minidiff.sde import VESDE, VPSDE, SubVPSDE, as_score_model, sde_from_config
+from minidiff.sde_samplers import SDE_SAMPLERS, sde_sample
 
 SDES = {
     "ve": lambda: VESDE(sigma=25.0),
@@ -560,7 +553,7 @@ def test_classifier_free_guidance():
     # w = 1 is the conditional model: each class recovers its own mean
     assert (x[labels == 0].mean() + 1).abs() < 0.03 and (x[labels == 1].mean() - 1).abs() < 0.03
     # w = 3 pushes past it: guided score = s_u + 3 (s_c - s_u), checked at one point
-    from minidiff.sde import GuidedScore
+    from minidiff.sde_samplers import GuidedScore
     guided = GuidedScore(model, labels[:4], guidance_scale=3.0)
     xs, ts = torch.randn(4, 2), torch.full((4,), 0.5)
     s_c, s_u = model(xs, ts, labels[:4]), model(xs, ts, torch.full((4,), 2))
