@@ -1,7 +1,6 @@
 """Tests for minidiff.data: formats, determinism, failure messages, and that sprites look like sprites."""
 
 import gzip
-import time
 import warnings
 
 import numpy as np
@@ -103,12 +102,11 @@ def test_size_32_is_the_16_sprites_upscaled():
         ProceduralSprites(-1)
 
 
-def test_90k_sprites_are_fast():
-    start = time.perf_counter()
+def test_90k_sprites_generate_in_one_go():
+    """The course's data-set size (its speed, ~0.5 s here, is for benchmarks to report, not tests to time)."""
     big = ProceduralSprites(90_000, seed=0)
-    seconds = time.perf_counter() - start
-    assert big.images.shape == (90_000, 16, 16, 3)
-    assert seconds < 30, f"90k sprites took {seconds:.1f} s ({90_000 / seconds:.0f} images/s)"
+    assert big.images.shape == (90_000, 16, 16, 3) and big.labels.shape == (90_000, 5)
+    assert (big.labels.sum(0) == 18_000).all()
 
 
 def test_structure_checks_pass_sprites_and_fail_noise(sprites):

@@ -152,11 +152,10 @@ def test_class_accuracy_accepts_ids_and_one_hot():
 
 
 # ---------------------------------------------------------------------------------- the feature classifier
-def test_small_classifier_accuracy_and_speed(small_classifier):
+def test_small_classifier_accuracy(small_classifier):
     info = small_classifier.info
     assert info["heldout_accuracy"] >= 0.97
     assert info["heldout_accuracy_heads"]["color"] >= 0.85        # the auxiliary heads learn too
-    assert info["fixture_seconds"] < 30
     assert small_classifier.feature_dim == 64
     x = procedural_data("sprites", 7, seed=5)[0]
     assert small_classifier.features(x).shape == (7, 64)
@@ -367,10 +366,8 @@ def test_benchmark_smoke(small_classifier, tmp_path, monkeypatch):
     ckpt.save_checkpoint(path, ckpt.build_model("ContextUnet", n_feat=8, n_cfeat=5, height=16),
                          schedule=md.NoiseSchedule.linear(T=20))
     monkeypatch.setattr(q, "feature_extractor", lambda *args, **kwargs: small_classifier)
-    start = time.perf_counter()
     code = q.main(["--checkpoint", path, "--n", "8", "--runs", "ddim:3,dpmpp_2m:3", "--device", "cpu",
                    "--out", str(tmp_path / "out")])
-    assert time.perf_counter() - start < 15
     assert code == 0                                              # no target was run, so none failed
     report = json.loads((tmp_path / "out" / "quality_vs_steps.json").read_text())
     assert [r["name"] for r in report["results"]] == ["ddim-3", "dpmpp_2m-3"]

@@ -60,7 +60,6 @@ def test_files_and_keys(quick):
     from PIL import Image
     with Image.open(out / "sampler_accuracy.png") as image:
         assert image.size[0] > 1000 and image.size[1] > 400
-    assert report["settings"]["seconds"] < 15
 
 
 def test_nfe_counts_match_the_samplers():
