@@ -218,54 +218,12 @@ def sample(model, schedule: NoiseSchedule, shape, sampler: str = "ddim", steps: 
     Returns x0 samples [B, C, H, W]; with return_trajectory, (x0, trajectory) where trajectory is
     {"x": [x_T, x after each step], "x0_pred": [...], "timesteps": [...], "nfe": int}, tensors on the CPU.
     """
-    if not isinstance(schedule, NoiseSchedule):
-        raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
-    shape = _check_shape(shape)
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")
-    if steps is None:
-        steps = schedule.T if sampler == "ddpm" else 25
-    if spacing not in SPACINGS:
-        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
-    if not (isinstance(eta, (int, float)) and 0.0 <= eta <= 1.0):
-        raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
-    if variance not in ("beta", "posterior"):
-        raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}")
-    if guidance_scale is not None:
-        if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 0):
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
-        if context is None:
-            raise ValueError("guidance_scale needs a context (the condition to guide towards)")
-    if dynamic_threshold is not None and not 0 < dynamic_threshold < 1:
-        raise ValueError(f"dynamic_threshold must be a percentile in (0, 1), got {dynamic_threshold!r}")
-    timesteps = schedule.timesteps(steps, spacing)
-    first = timesteps[0].item()
-    if _alpha_bar(schedule, first) == 0 and (prediction_type == "epsilon" or sampler in ("dpmpp_2m", "euler", "heun")):
-        raise ValueError(f"spacing {spacing!r} starts at step {first}, where alpha_bar = 0 (zero terminal "
-                         f"SNR): sampler {sampler!r} with prediction_type {prediction_type!r} cannot start there "
-                         f"(x0 or lambda_ is undefined). Use sampler 'ddim' or 'ddpm' with prediction_type "
-                         f"'v_prediction' (Lin et al. 2023), or spacing 'leading' or 'karras'")
-
-    if dtype is None and x_T is not None and not _has_parameters(model):
-        dtype = x_T.dtype
-    device, dtype = _device_and_dtype(model, device, dtype)
-    if x_T is None:
-        x = torch.randn(shape, generator=generator, dtype=dtype,
-                        device=generator.device if generator is not None else device).to(device)
-    else:
-        if tuple(x_T.shape) != shape:
-            raise ValueError(f"x_T must have shape {shape}, got {tuple(x_T.shape)}")
-        if not torch.isfinite(x_T).all():
-            raise ValueError("x_T must be finite: it holds NaN or inf")
-        x = x_T.to(device=device, dtype=dtype)
-    if context is not None:
-        if context.ndim == 0 or context.shape[0] != shape[0]:
-            raise ValueError(f"context must have batch size {shape[0]} (shape [B, ...]), got {tuple(context.shape)}")
-        if context.is_floating_point() and not torch.isfinite(context).all():
-            raise ValueError("context must be finite: it holds NaN or inf")
-        context = context.to(device)
-    if uncond_context is not None:
-        uncond_context = uncond_context.to(device)
+    shape, timesteps = _check_arguments(schedule, shape, sampler, steps, spacing, eta, variance, guidance_scale,
+                                        context, dynamic_threshold, prediction_type)
+    device, dtype = _device_and_dtype(model, device, dtype, x_T)
+    x = _starting_noise(shape, x_T, generator, device, dtype)                # x_T ~ N(0, I)
+    context = context.to(device) if context is not None else None
+    uncond_context = uncond_context.to(device) if uncond_context is not None else None
 
     denoise = Denoiser(model, schedule, prediction_type, context, guidance_scale, uncond_context,
                        clip_x0, dynamic_threshold)
@@ -300,6 +258,56 @@ def sample(model, schedule: NoiseSchedule, shape, sampler: str = "ddim", steps: 
     return x
 
 
+def _check_arguments(schedule, shape, sampler, steps, spacing, eta, variance, guidance_scale, context,
+                     dynamic_threshold, prediction_type):
+    """Every check of sample()'s arguments, with errors that name the argument; returns (shape, timesteps)."""
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+    shape = _check_shape(shape)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")
+    if steps is None:
+        steps = schedule.T if sampler == "ddpm" else 25
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    if not (isinstance(eta, (int, float)) and 0.0 <= eta <= 1.0):
+        raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
+    if variance not in ("beta", "posterior"):
+        raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}")
+    if guidance_scale is not None:
+        if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 0):
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if context is None:
+            raise ValueError("guidance_scale needs a context (the condition to guide towards)")
+    if context is not None:
+        if context.ndim == 0 or context.shape[0] != shape[0]:
+            raise ValueError(f"context must have batch size {shape[0]} (shape [B, ...]), got {tuple(context.shape)}")
+        if context.is_floating_point() and not torch.isfinite(context).all():
+            raise ValueError("context must be finite: it holds NaN or inf")
+    if dynamic_threshold is not None and not 0 < dynamic_threshold < 1:
+        raise ValueError(f"dynamic_threshold must be a percentile in (0, 1), got {dynamic_threshold!r}")
+    timesteps = schedule.timesteps(steps, spacing)
+    first = timesteps[0].item()
+    if _alpha_bar(schedule, first) == 0 and (prediction_type == "epsilon" or sampler in ("dpmpp_2m", "euler", "heun")):
+        raise ValueError(f"spacing {spacing!r} starts at step {first}, where alpha_bar = 0 (zero terminal "
+                         f"SNR): sampler {sampler!r} with prediction_type {prediction_type!r} cannot start there "
+                         f"(x0 or lambda_ is undefined). Use sampler 'ddim' or 'ddpm' with prediction_type "
+                         f"'v_prediction' (Lin et al. 2023), or spacing 'leading' or 'karras'")
+    return shape, timesteps
+
+
+def _starting_noise(shape, x_T, generator, device, dtype) -> Tensor:
+    """x_T as given (checked), or N(0, I) drawn on the generator's device so a seed gives the same noise anywhere."""
+    if x_T is None:
+        return torch.randn(shape, generator=generator, dtype=dtype,
+                           device=generator.device if generator is not None else device).to(device)
+    if tuple(x_T.shape) != shape:
+        raise ValueError(f"x_T must have shape {shape}, got {tuple(x_T.shape)}")
+    if not torch.isfinite(x_T).all():
+        raise ValueError("x_T must be finite: it holds NaN or inf")
+    return x_T.to(device=device, dtype=dtype)
+
+
 def _check_shape(shape) -> tuple:
     try:
         shape = tuple(operator.index(s) for s in shape)                   # ints only: 2.5 or "2" is an error
@@ -310,14 +318,14 @@ def _check_shape(shape) -> tuple:
     return shape
 
 
-def _has_parameters(model) -> bool:
-    return hasattr(model, "parameters") and next(model.parameters(), None) is not None
-
-
-def _device_and_dtype(model, device, dtype):
+def _device_and_dtype(model, device, dtype, x_T):
+    """Where and in what dtype to sample: as asked; else the model's parameters'; else x_T's; else CPU float32."""
     parameter = next(model.parameters(), None) if hasattr(model, "parameters") else None
     if device is None:
         device = parameter.device if parameter is not None else torch.device("cpu")
     if dtype is None:
-        dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
+        if parameter is not None and parameter.is_floating_point():
+            dtype = parameter.dtype
+        else:
+            dtype = x_T.dtype if x_T is not None else torch.float32
     return torch.device(device), dtype
