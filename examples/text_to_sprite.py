@@ -83,7 +83,7 @@ PRESETS = {
                                                                 batch_size=64, heldout_images=100)),
     "quick": Preset(n_train=10000, model=TextToImageConfig(unet_channels=(32, 64, 128), time_embed_dim=128,
                                                            unet_token_dim=64, text_dim=64, text_depth=2, text_heads=4),
-                    ae_steps=2400, ae_batch=64, steps=24000, batch_size=64, lr=1e-3, per_prompt=8, sample_steps=25,
+                    ae_steps=2400, ae_batch=64, steps=36000, batch_size=64, lr=1e-3, per_prompt=8, sample_steps=25,
                     eval_prompts=100),
     "full": Preset(n_train=60000, model=TextToImageConfig(),      # the defaults: UNet (64, 128, 256), text 128 x 4
                    ae_steps=10000, ae_batch=128, steps=40000, batch_size=256, lr=5e-4, per_prompt=10, sample_steps=50,
