@@ -122,6 +122,20 @@ def test_structure_checks_pass_sprites_and_fail_noise(sprites):
     assert sprite_structure_checks(jitter, sprites.class_ids[:100], tolerance=4)["palette"] == 1.0
 
 
+def test_structure_checks_with_a_pixel_fraction_forgive_a_few_wrong_pixels(sprites):
+    images, ids = sprites.images[:100].copy(), sprites.class_ids[:100]
+    images[:, 5:7, 3:6] = (3, 200, 77)          # 6 off-palette, asymmetric pixels of 256 (2.3%) in every sprite
+    exact = sprite_structure_checks(images, ids)
+    assert exact["palette"] == 0.0 and exact["all"] == 0.0
+    assert sprite_structure_checks(images, ids, min_fraction=0.95) == dict(
+        palette=1.0, uniform_border=1.0, symmetric=1.0, all=1.0)
+    # noise still fails with the forgiving settings used for model samples
+    noise = np.random.default_rng(1).integers(0, 256, (100, 16, 16, 3), dtype=np.uint8)
+    assert sprite_structure_checks(noise, ids, tolerance=24, min_fraction=0.8)["all"] == 0.0
+    with pytest.raises(ValueError, match="min_fraction"):
+        sprite_structure_checks(images, ids, min_fraction=0.0)
+
+
 def test_front_facing_sprites_are_exactly_symmetric_and_side_facing_are_not(sprites):
     mirrored = (sprites.images == sprites.images[:, :, ::-1]).all(axis=(1, 2, 3))
     for name in ("hero", "non-hero", "spell"):

@@ -15,7 +15,9 @@ What is measured (all in the features of the data set's FeatureClassifier, see f
     diversity        mean pairwise feature distance of the samples; diversity_real for real data
     structure_*      sprites only: the fraction of samples passing each of the generator's guarantees
                      (palette colours, a uniform background border, mirror symmetry of front-facing
-                     classes), from minidiff.data.sprite_structure_checks, with a colour tolerance
+                     classes), from minidiff.data.sprite_structure_checks: a sample passes a check
+                     when >= 80% of its pixels are within 24 (of 255) of what the check asks for.
+                     Real sprites pass 100%, uniform noise 0%; a sprite blurred by one pixel ~40%
 
 Sample k is conditioned on class k % K (K = 5 sprite classes, 10 digits), so every class gets n / K
 samples. Starting noises come from one generator seeded with `seed`, so two samplers evaluated with
@@ -115,7 +117,8 @@ def generate(model, schedule: NoiseSchedule, class_ids: Tensor, shape, sampler: 
 
 
 def measure(samples: Tensor, class_ids: Optional[Tensor], real_images: Tensor, classifier: FeatureClassifier,
-            dataset: str, k: int = 3, structure_tolerance: int = 16) -> dict:
+            dataset: str, k: int = 3, structure_tolerance: int = 24,
+            structure_min_fraction: float = 0.8) -> dict:
     """Every number of the module docstring for `samples` [n, C, H, W] (asked for classes `class_ids`)
     against `real_images` [N, C, H, W], except fd_real (see `evaluate`). A flat dict of floats."""
     fake_feats = classifier.features(samples)                        # [n, D]
@@ -130,7 +133,8 @@ def measure(samples: Tensor, class_ids: Optional[Tensor], real_images: Tensor, c
     if dataset == "sprites" and samples.shape[1] == 3:                # structure_palette, ..., structure_all
         from ..data import sprite_structure_checks, to_uint8_images
         labels = class_ids if class_ids is not None else classifier.predict(samples)
-        checks = sprite_structure_checks(to_uint8_images(samples), labels.numpy(), tolerance=structure_tolerance)
+        checks = sprite_structure_checks(to_uint8_images(samples), labels.numpy(), tolerance=structure_tolerance,
+                                         min_fraction=structure_min_fraction)
         results.update({f"structure_{name}": value for name, value in checks.items()})
     return results
 
@@ -139,8 +143,8 @@ def evaluate(model, schedule: NoiseSchedule, n: int = 500, sampler: str = "ddim"
              guidance_scale: Optional[float] = None, *, dataset: Optional[str] = None, reference=None,
              classifier: Optional[FeatureClassifier] = None, seed: int = 0, batch_size: int = 250,
              spacing: str = "leading", eta: float = 0.0, prediction_type: str = "epsilon", k: int = 3,
-             structure_tolerance: int = 16, device=None, cache_dir: Optional[str] = None,
-             progress: bool = False) -> dict:
+             structure_tolerance: int = 24, structure_min_fraction: float = 0.8, device=None,
+             cache_dir: Optional[str] = None, progress: bool = False) -> dict:
     """Sample n class-balanced images from `model` and measure them (see the module docstring).
 
     model: a discrete-time network ``model(x, t, context)`` (ContextUnet: one-hot contexts). dataset:
@@ -177,7 +181,7 @@ def evaluate(model, schedule: NoiseSchedule, n: int = 500, sampler: str = "ddim"
                "guidance_scale": guidance_scale if conditional else None, "n": n, "seed": seed,
                "nfe": nfe, "sample_seconds": seconds, "images_per_second": n / seconds}
     results.update(measure(samples, class_ids if conditional else None, real_images, classifier, dataset, k,
-                           structure_tolerance))
+                           structure_tolerance, structure_min_fraction))
     if reference is None:                                            # the floor: real vs real at this n
         floor_images, _, _ = procedural_data(dataset, n, FLOOR_SEED, size)
         results["fd_real"] = frechet_distance(classifier.features(real_images), classifier.features(floor_images))
