@@ -6,7 +6,10 @@
   attention      CrossAttention (self-attention, 64 wide, 4 heads): the einsum reference path
                  (softmax(Q K^T / sqrt(d)) V written out) vs F.scaled_dot_product_attention
   groupnorm_silu GroupNorm(32 groups) + SiLU, the normalisation of the ResNet blocks
-  residual_block the course's ResidualConvBlock (conv-BN-GELU twice, residual), eval mode
+  gelu           GELU on NCHW vs channels_last tensors, and on the channels_last tensor's contiguous
+                 NHWC view (minidiff.nn.inference.ChannelsLastGELU, which the fast mode uses)
+  residual_block the course's ResidualConvBlock (conv-BN-GELU twice, residual), eval mode; also as
+                 minidiff.nn.for_inference rewrites it (BatchNorm folded into the convolutions)
   conv2d         a 3x3 convolution, NCHW vs channels_last memory layout
 
 All under torch.no_grad (inference). A timed call runs the kernel k times, k chosen so one call
@@ -34,7 +37,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
-from minidiff.nn import CrossAttention, ResidualConvBlock  # noqa: E402
+from minidiff.nn import CrossAttention, ResidualConvBlock, for_inference  # noqa: E402
+from minidiff.nn.inference import ChannelsLastGELU  # noqa: E402
 
 COLUMNS = [("device", "device"), ("kernel", "kernel"), ("variant", "variant"), ("shape", "input shape"),
            ("ms", "ms/call"), ("gflops", "GFLOP/s"), ("gbps", "GB/s"), ("vs_first", "speed-up vs first variant"),
@@ -76,13 +80,27 @@ def kernel_cases(device: str, seq_lens: List[int], batch: int, conv_batch: int, 
     cases.append(("groupnorm_silu", "NCHW", tuple(x.shape), lambda x=x: F.silu(groupnorm(x))))
     cases.append(("groupnorm_silu", "channels_last", tuple(x.shape), lambda x=x_cl: F.silu(groupnorm(x))))
 
+    gelu, nhwc_gelu, x = nn.GELU(), ChannelsLastGELU(), randn(batch, 64, 16, 16)
+    for dtype in (torch.float32, torch.bfloat16) if variants_bf16 else (torch.float32,):
+        x_d = x.to(dtype)
+        x_cl = x_d.contiguous(memory_format=torch.channels_last)
+        name = "fp32" if dtype == torch.float32 else "bf16"
+        cases.append(("gelu", f"NCHW {name}", tuple(x.shape), lambda x=x_d: gelu(x)))
+        cases.append(("gelu", f"channels_last {name}", tuple(x.shape), lambda x=x_cl: gelu(x)))
+        cases.append(("gelu", f"channels_last {name}, NHWC view", tuple(x.shape), lambda x=x_cl: nhwc_gelu(x)))
+
     block, x = ResidualConvBlock(64, 64, is_res=True).to(device).eval(), randn(batch, 64, 16, 16)
     block_cl = copy.deepcopy(block).to(memory_format=torch.channels_last)
+    folded_cl = for_inference(block).to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     cases.append(("residual_block", "NCHW fp32", tuple(x.shape), lambda x=x: block(x)))
     cases.append(("residual_block", "channels_last fp32", tuple(x.shape), lambda x=x_cl: block_cl(x)))
     if variants_bf16:
         cases.append(("residual_block", "NCHW bf16 autocast", tuple(x.shape), _autocast(block, x, device)))
+        cases.append(("residual_block", "channels_last bf16 autocast", tuple(x.shape),
+                      _autocast(block_cl, x_cl, device)))
+        cases.append(("residual_block", "channels_last bf16 autocast, for_inference", tuple(x.shape),
+                      _autocast(folded_cl, x_cl, device)))
 
     conv, x = nn.Conv2d(128, 128, 3, padding=1).to(device).eval(), randn(batch, 128, 16, 16)
     conv_cl = copy.deepcopy(conv).to(memory_format=torch.channels_last)

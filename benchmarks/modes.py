@@ -10,9 +10,11 @@ interface, so `md.sample` (and anything else in minidiff) runs it unchanged.
     cuda_graphs         the whole forward captured once in a torch.cuda.CUDAGraph and replayed: one
                         launch instead of one per kernel (fixed shapes; CUDA only)
     compile_cudagraphs  torch.compile(mode="reduce-overhead"): Inductor kernels replayed as CUDA graphs
-    fast                channels_last + bf16 autocast, the two eager speed-ups together (no compiler);
-                        where the device has no fast bf16 (a CPU without native bf16 instructions, a GPU
-                        without bf16) it falls back to channels_last fp32: see fast_bf16()
+    fast                channels_last + bf16 autocast, the two eager speed-ups together (no compiler), on
+                        minidiff.nn.for_inference(model): BatchNorm folded into the convolutions and GELU
+                        run on the NHWC view (same outputs, fewer and faster kernels). Where the device has
+                        no fast bf16 (a CPU without native bf16 instructions, a GPU without bf16) it falls
+                        back to channels_last fp32: see fast_bf16()
 
 A wrapper is an nn.Module holding the network, so `parameters()` still finds the device and dtype.
 """
@@ -25,6 +27,8 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+
+from minidiff.nn import for_inference
 
 MODES = ("eager", "bf16", "channels_last", "compile", "cuda_graphs", "compile_cudagraphs", "fast")
 CUDA_ONLY = ("cuda_graphs", "compile_cudagraphs")
@@ -197,7 +201,8 @@ def wrap(model: nn.Module, mode: str, x: Tensor, t: Tensor, context: Optional[Te
         return ChannelsLast(model)
     if mode == "fast":
         bf16, _ = fast_bf16(x.device)
-        return Autocast(ChannelsLast(model)) if bf16 else ChannelsLast(model)
+        fast = ChannelsLast(for_inference(model))
+        return Autocast(fast) if bf16 else fast
     if mode == "compile":
         torch._dynamo.reset()                   # a fresh cache: no recompile limits carried between rows
         return torch.compile(model, dynamic=False)

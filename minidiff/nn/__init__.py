@@ -8,6 +8,7 @@
     autoencoder.py   AutoEncoder (+ variational option), reconstruction_loss
     basic_unet.py    BasicUNet, corrupt, naive_sample: the Hugging Face course's toy lesson
     unet2d.py        UNet2D: a configurable UNet (ResNet + attention levels, class embedding)
+    inference.py     for_inference: BatchNorm folded into convolutions, GELU on the NHWC view
 
 Every network is called `model(x, t, context=None)` with `t` a float tensor [B] in (0, 1].
 """
@@ -26,6 +27,7 @@ from .embeddings import (
     as_time_batch,
     sinusoidal_embedding,
 )
+from .inference import fold_batchnorm, for_inference
 from .score_unet import ConditionalScoreUNet, LatentScoreUNet, ResidualScoreUNet, ScoreUNet
 from .unet2d import AttentionBlock, UNet2D
 
@@ -57,4 +59,6 @@ __all__ = [
     "naive_sample",
     "UNet2D",
     "AttentionBlock",
+    "fold_batchnorm",
+    "for_inference",
 ]
