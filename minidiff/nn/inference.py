@@ -13,8 +13,9 @@ Two rewrites, both exact up to float rounding:
    removes 18 of the ContextUnet's ~91 kernels per forward.
 2. GELU on a channels_last (NHWC) tensor runs on its NHWC view. PyTorch 2.x's CPU kernel for
    elementwise ops on an NCHW-shaped but NHWC-strided tensor is slower than on a contiguous one
-   (benchmarks/bench_kernels.py, 32x64x16x16 bf16: 0.116 ms vs 0.063 ms); permuting to the (B, H, W, C) view, which IS contiguous, costs
-   nothing and gives the fast kernel. Layout-only: the same numbers (up to the last bit).
+   (benchmarks/bench_kernels.py, 32x64x16x16 bf16: 0.116 ms vs 0.063 ms); permuting to the
+   (B, H, W, C) view, which IS contiguous, costs nothing and gives the fast kernel. Layout-only:
+   the same numbers (up to the last bit).
 
 Training needs neither (BatchNorm's statistics must still move), so these run on a deep copy.
 """
