@@ -350,12 +350,15 @@ def test_benchmark_targets_and_run_parsing():
     with pytest.raises(ValueError, match="bad run"):
         q.parse_runs("plms:10")
 
-    def row(name, sampler, fd, acc):
-        return {"name": name, "sampler": sampler, "fd": fd, "class_accuracy": acc, "guidance_scale": 2.0}
-    results = [row("ddpm", "ddpm", 1.0, 0.97), row("ddim-25", "ddim", 1.09, 0.96),
-               row("dpmpp_2m-20", "dpmpp_2m", 1.2, 0.9), row("dpmpp_2m-10", "dpmpp_2m", 1.24, 0.9)]
-    oks = [c["ok"] for c in q.check_targets(results)]
-    assert oks == [True, False, True, True, True]
+    def row(name, sampler, fd, acc, spacing="trailing"):
+        return {"name": name, "sampler": sampler, "fd": fd, "class_accuracy": acc, "guidance_scale": 2.0,
+                "spacing": spacing}
+    results = [row("ddpm", "ddpm", 1.0, 0.97, "leading"), row("ddim-25", "ddim", 5.0, 0.5, "leading"),
+               row("ddim-25", "ddim", 1.09, 0.96), row("dpmpp_2m-20", "dpmpp_2m", 1.2, 0.9),
+               row("dpmpp_2m-10", "dpmpp_2m", 1.24, 0.9)]
+    checks = q.check_targets(results)                             # the targets read the trailing ddim-25 row
+    assert [c["ok"] for c in checks] == [True, False, True, True, True]
+    assert checks[0]["value"] == 1.09 and "trailing" in checks[0]["target"]
 
 
 def test_benchmark_smoke(small_classifier, tmp_path, monkeypatch):
