@@ -35,7 +35,7 @@ from minidiff.train import Trainer
 
 SAMPLER_RUNS = [                 # (label, sampler, steps or None for every step, extra options)
     ("ddpm", "ddpm", None, {}),
-    ("ddim-25", "ddim", 25, {}),
+    ("ddim-25", "ddim", 25, {"spacing": "trailing"}),   # the course's DDIM grid: starts at t = T, where x_T is
     ("dpmpp_2m-20", "dpmpp_2m", 20, {"spacing": "karras"}),
 ]
 MIXES = {                        # contexts that mix classes: the course's "hero + food" and friends
@@ -139,10 +139,12 @@ def sample_grids(model, schedule, device, out, n_per_class: int, seed: int, cond
     # Lesson 3: mixed contexts and classifier-free guidance (w = 0 unconditional, 1 conditional, > 1 guided).
     mixes = torch.tensor(list(MIXES.values()), dtype=torch.float32).repeat_interleave(n_per_class, 0).to(device)
     mixed = md.sample(model, schedule, (len(MIXES) * n_per_class, 3, 16, 16), sampler="ddim", steps=25,
-                      context=mixes, generator=torch.Generator().manual_seed(seed + 2), progress=False)
+                      spacing="trailing", context=mixes, generator=torch.Generator().manual_seed(seed + 2),
+                      progress=False)
     imaging.save_class_grid(mixed.reshape(len(MIXES), n_per_class, 3, 16, 16).cpu(), list(MIXES),
                             os.path.join(out, "mixed_contexts.png"))
-    rows = [sample(sampler="ddim", steps=25, guidance_scale=w)[::n_per_class].cpu() for w in GUIDANCE_SCALES]
+    rows = [sample(sampler="ddim", steps=25, spacing="trailing", guidance_scale=w)[::n_per_class].cpu()
+            for w in GUIDANCE_SCALES]
     imaging.save_class_grid(torch.stack(rows), [f"w = {w:g}" for w in GUIDANCE_SCALES],
                             os.path.join(out, "guidance_scales.png"))
     return timings
