@@ -14,9 +14,9 @@
 
 All under torch.no_grad (inference). A timed call runs the kernel k times, k chosen so one call
 takes about 20 ms; the table shows the median over the repeats of (call time / k).
-GFLOP/s counts matmul/conv/attention FLOPs (torch.utils.flop_counter); GroupNorm + SiLU has none
-worth counting, so its row shows memory throughput instead: 2 x tensor bytes (one read, one write,
-a lower bound on the traffic) per call.
+GFLOP/s counts matmul/conv/attention FLOPs (torch.utils.flop_counter); GroupNorm + SiLU and GELU have
+none worth counting, so their rows show memory throughput instead: 2 x tensor bytes (one read, one
+write, a lower bound on the traffic) per call.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from benchmarks import common  # noqa: E402
 from minidiff.nn import CrossAttention, ResidualConvBlock, for_inference  # noqa: E402
 from minidiff.nn.inference import ChannelsLastGELU  # noqa: E402
 
+MEMORY_BOUND = ("groupnorm_silu", "gelu")        # no matmul FLOPs to count: these rows show GB/s instead
 COLUMNS = [("device", "device"), ("kernel", "kernel"), ("variant", "variant"), ("shape", "input shape"),
            ("ms", "ms/call"), ("gflops", "GFLOP/s"), ("gbps", "GB/s"), ("vs_first", "speed-up vs first variant"),
            ("cuda_speedup", "CUDA speed-up")]
@@ -137,7 +138,8 @@ def run(devices=("cpu", "cuda"), seq_lens=(16, 64, 256, 1024), batch: int = 8, c
             row = {"device": device, "kernel": kernel, "variant": variant, "shape": key[1],
                    "ms": seconds * 1e3, "calls_per_repeat": k, "repeats": repeats, "flops": flops,
                    "gflops": flops / seconds / 1e9 if flops else None,
-                   "gbps": 2 * math.prod(shape) * 4 / seconds / 1e9 if kernel == "groupnorm_silu" else None}
+                   "gbps": 2 * math.prod(shape) * (2 if "bf16" in variant else 4) / seconds / 1e9
+                   if kernel in MEMORY_BOUND else None}
             row["vs_first"] = first[key][0] / seconds
             rows.append(row)
             common.log(f"[kernels] {device} {kernel:>15} {variant:>28} {row['shape']:>14}: {row['ms']:.3f} ms")
@@ -148,7 +150,7 @@ def run(devices=("cpu", "cuda"), seq_lens=(16, 64, 256, 1024), batch: int = 8, c
         "reference; conv rows: NCHW fp32) divided by this one.",
         "GFLOP/s: FLOPs counted once per kernel and shape on its first variant (the same work in every variant; "
         "the counter does not see inside every fused SDPA kernel) / time.",
-        "GB/s (GroupNorm + SiLU): 2 x the fp32 tensor's bytes per call (one read, one write), a lower bound "
+        "GB/s (GroupNorm + SiLU, GELU): 2 x the tensor's bytes per call (one read, one write), a lower bound "
         "on the traffic.",
         "CUDA speed-up: the CPU row's ms/call / the CUDA row's, same kernel, variant and shape."])
     settings = {"seq_lens": list(seq_lens), "attention_batch": batch, "conv_batch": conv_batch, "repeats": repeats,
