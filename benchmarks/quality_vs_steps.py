@@ -144,7 +144,8 @@ def markdown_table(results: List[dict], checks: List[dict], settings: dict) -> s
     for r in results:
         ratio = r["fd"] / ddpm_fd if ddpm_fd else None
         structure = r.get("structure_all")
-        lines.append(f"| {r['name']} | {r['spacing']} | {r['nfe']:.0f} | {_fmt(r['fd'])} | {_fmt(ratio, 2)} | "
+        every_step = r["steps"] == settings.get("T")                  # all grids are the same grid
+        lines.append(f"| {r['name']} | {'every step' if every_step else r['spacing']} | {r['nfe']:.0f} | {_fmt(r['fd'])} | {_fmt(ratio, 2)} | "
                      f"{_fmt(r['class_accuracy'])} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | "
                      f"{_fmt(r['diversity'])} | {_fmt(structure)} | {_fmt(r['images_per_second'], 1)} |")
     lines += ["", "| target | value | limit | holds |", "|---|---:|---:|---|"]
