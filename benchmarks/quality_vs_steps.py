@@ -144,8 +144,8 @@ def markdown_table(results: List[dict], checks: List[dict], settings: dict) -> s
     for r in results:
         ratio = r["fd"] / ddpm_fd if ddpm_fd else None
         structure = r.get("structure_all")
-        every_step = r["steps"] == settings.get("T")                  # all grids are the same grid
-        lines.append(f"| {r['name']} | {'every step' if every_step else r['spacing']} | {r['nfe']:.0f} | {_fmt(r['fd'])} | {_fmt(ratio, 2)} | "
+        grid = "every step" if r["steps"] == settings.get("T") else r["spacing"]   # at every step all grids agree
+        lines.append(f"| {r['name']} | {grid} | {r['nfe']:.0f} | {_fmt(r['fd'])} | {_fmt(ratio, 2)} | "
                      f"{_fmt(r['class_accuracy'])} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | "
                      f"{_fmt(r['diversity'])} | {_fmt(structure)} | {_fmt(r['images_per_second'], 1)} |")
     lines += ["", "| target | value | limit | holds |", "|---|---:|---:|---|"]
