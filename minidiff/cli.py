@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--sampler", help="default: ddim (SDE checkpoints: euler_maruyama)")
     sample.add_argument("--steps", type=int, help="sampling steps (default: 25; SDE checkpoints: 500)")
     sample.add_argument("--eta", type=float, default=0.0, help="DDIM noise, 0 = deterministic (default 0)")
+    sample.add_argument("--spacing", default="leading", choices=("leading", "trailing", "linspace", "karras"),
+                        help="timestep grid of discrete-time samplers (default leading; with few steps trailing, "
+                             "the course's grid, or karras is better: benchmarks/results/quality_vs_steps.md)")
     sample.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     sample.add_argument("--nrow", type=int, help="images per grid row (default: square)")
     sample.add_argument("--out", default="samples.png", metavar="PNG", help="grid PNG (default samples.png)")
@@ -200,8 +203,9 @@ def cmd_sample(args) -> int:
     if isinstance(process, NoiseSchedule):
         from .samplers import sample
         result = sample(model, process, shape, sampler=args.sampler or "ddim", steps=args.steps or 25, eta=args.eta,
-                        context=context, guidance_scale=args.guidance, prediction_type=prediction_type,
-                        generator=generator, return_trajectory=want_gif, progress=True)
+                        spacing=args.spacing, context=context, guidance_scale=args.guidance,
+                        prediction_type=prediction_type, generator=generator, return_trajectory=want_gif,
+                        progress=True)
     else:
         from .sde_samplers import sde_sample
         result = sde_sample(model, process, shape, method=args.sampler or "euler_maruyama", steps=args.steps or 500,

@@ -102,6 +102,10 @@ def test_train_smoke_then_python_m_minidiff_sample_writes_png_and_gif(tmp_path, 
     assert Image.open(tmp_path / "grid.png").size == ((3 * 17 + 1) * 4,) * 2
     assert Image.open(tmp_path / "traj.gif").n_frames == 6                   # x_T + one frame per step
 
+    assert main(["sample", "--checkpoint", str(out / "checkpoint.pt"), "--sampler", "dpmpp_2m", "--steps", "4",
+                 "--spacing", "trailing", "--n", "4", "--out", str(tmp_path / "trailing.png")]) == 0
+    assert Image.open(tmp_path / "trailing.png").size == ((2 * 17 + 1) * 4,) * 2
+    capsys.readouterr()                                                   # drop the progress bar's lines
     assert main(["sample", "--checkpoint", str(out / "checkpoint.pt"), "--context", "wizard"]) == 2
     assert main(["sample", "--checkpoint", str(out / "checkpoint.pt"), "--context", "1,0", "--n", "2"]) == 2
     assert main(["sample", "--checkpoint", str(out / "checkpoint.pt"), "--sampler", "magic", "--n", "2"]) == 2
