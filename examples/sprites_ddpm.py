@@ -8,6 +8,7 @@ The four lessons of DeepLearning.AI's "How Diffusion Models Work", built on mini
 
     python examples/sprites_ddpm.py                      # quick preset on CPU (~6 min), course preset on CUDA
     python examples/sprites_ddpm.py --preset smoke       # seconds: checks everything runs
+    python examples/sprites_ddpm.py --preset long        # ~45 min on 2 CPU cores: the course model, DDIM-25 ~ DDPM-500
     python examples/sprites_ddpm.py --data sprites_1788_16x16.npy --labels sprite_labels_nc_1788_16x16.npy
     python examples/sprites_ddpm.py --data my_pixel_art/            # a folder of images: unconditional
 
