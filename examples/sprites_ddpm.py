@@ -36,7 +36,7 @@ from minidiff.train import Trainer
 
 SAMPLER_RUNS = [                 # (label, sampler, steps or None for every step, extra options)
     ("ddpm", "ddpm", None, {}),
-    ("ddim-25", "ddim", 25, {"spacing": "trailing"}),   # the course's DDIM grid: starts at t = T, where x_T is
+    ("ddim-25", "ddim", 25, {"spacing": "trailing"}),   # the course's DDIM grid: it starts at t = T
     ("dpmpp_2m-20", "dpmpp_2m", 20, {"spacing": "karras"}),
 ]
 MIXES = {                        # contexts that mix classes: the course's "hero + food" and friends

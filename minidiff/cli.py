@@ -31,6 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .presets import PRESETS
+    from .schedule import SPACINGS
 
     parser = _Parser(prog="minidiff", description="minidiff: diffusion models from scratch in PyTorch.")
     commands = parser.add_subparsers(dest="command", metavar="{train,sample,eval,bench}", parser_class=_Parser)
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--sampler", help="default: ddim (SDE checkpoints: euler_maruyama)")
     sample.add_argument("--steps", type=int, help="sampling steps (default: 25; SDE checkpoints: 500)")
     sample.add_argument("--eta", type=float, default=0.0, help="DDIM noise, 0 = deterministic (default 0)")
-    sample.add_argument("--spacing", default="leading", choices=("leading", "trailing", "linspace", "karras"),
+    sample.add_argument("--spacing", default="leading", choices=SPACINGS,
                         help="timestep grid of discrete-time samplers (default leading; with few steps trailing, "
                              "the course's grid, or karras is better: benchmarks/results/quality_vs_steps.md)")
     sample.add_argument("--n", type=int, default=64, help="number of samples (default 64)")

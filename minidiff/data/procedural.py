@@ -306,7 +306,7 @@ def sprite_structure_checks(images: np.ndarray, labels, tolerance: int = 0, min_
     images: (N, H, W, 3) uint8. labels: (N, 5) one-hot or (N,) class ids. A pixel "matches" a
     colour when every channel is within ``tolerance``; an image passes a check when at least
     ``min_fraction`` of the pixels the check looks at match. The defaults (0, 1.0) are exact: what
-    the generator guarantees. For model samples use e.g. tolerance=24, min_fraction=0.9.
+    the generator guarantees. For model samples minidiff.metrics uses tolerance=24, min_fraction=0.8.
 
         palette         its pixels are colours the generator can paint
         uniform_border  the 1-pixel border is the background colour nearest to the border's median
