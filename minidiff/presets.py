@@ -27,7 +27,7 @@ from .schedule import NoiseSchedule
 from .train import TrainConfig
 
 _SPRITES_MODEL = {"class": "ContextUnet", "kwargs": {"in_channels": 3, "n_feat": 64, "n_cfeat": 5, "height": 16}}
-_COURSE_SCHEDULE = {"kind": "linear", "T": 500, "beta_start": 1e-4, "beta_end": 0.02}   # the course's DDPM
+_COURSE_SCHEDULE = {"kind": "course", "T": 500, "beta_start": 1e-4, "beta_end": 0.02}   # NoiseSchedule.course: its exact table
 
 PRESETS = {
     # The DeepLearning.AI sprites course: T = 500, beta 1e-4 -> 0.02, ContextUnet(64, 5, 16), batch 100,
@@ -74,8 +74,8 @@ PRESETS = {
 }
 
 SECTIONS = ("preset", "description", "model", "schedule", "sde", "data", "train")
-SCHEDULE_KINDS = {"linear": NoiseSchedule.linear, "scaled_linear": NoiseSchedule.scaled_linear,
-                  "cosine": NoiseSchedule.cosine}
+SCHEDULE_KINDS = {"course": NoiseSchedule.course, "linear": NoiseSchedule.linear,
+                  "scaled_linear": NoiseSchedule.scaled_linear, "cosine": NoiseSchedule.cosine}
 DATA_KINDS = ("procedural_sprites", "sprites", "sprite_files", "image_folder", "procedural_digits")
 
 

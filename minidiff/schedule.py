@@ -123,6 +123,28 @@ class NoiseSchedule:
         return cls(betas.clamp(max=max_beta), zero_terminal_snr)
 
     @classmethod
+    def course(cls, T: int = 500, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
+        """The DeepLearning.AI sprites course's table, exactly.
+
+        The course builds T + 1 betas and a cumulative product over all of them, then overwrites its first
+        entry with 1:
+
+            b_t = (beta_end - beta_start) * linspace(0, 1, T + 1) + beta_start,   t = 0 .. T
+            ab_t = exp(cumsum(log(1 - b_t)));  ab_t[0] = 1
+
+        The course's step t = 1 .. T is minidiff's i = t - 1, so alphas_cumprod[i] = ab_t[i + 1]. The course's
+        ab_t[1] = (1 - b_0)(1 - b_1) keeps the factor of b_0, so minidiff's first beta is 1 - (1 - b_0)(1 - b_1)
+        (about 2e-4) and beta[i] = b_{i+1} after it. This is not ``linear(T, beta_start, beta_end)``, whose T
+        betas are spaced over T points instead of T + 1 (its sigma is 35% larger at the first step).
+        """
+        _check_T(T)
+        _check_beta_range(beta_start, beta_end)
+        b = (beta_end - beta_start) * torch.linspace(0, 1, T + 1, dtype=torch.float64) + beta_start   # b_t, t = 0..T
+        alpha_bar = torch.exp(torch.cumsum(torch.log(1 - b), dim=0))[1:]       # ab_t[t], t = 1..T
+        alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+        return cls(1.0 - alpha_bar / alpha_bar_prev)                           # beta_i = 1 - ab_i / ab_{i-1}
+
+    @classmethod
     def from_betas(cls, betas, zero_terminal_snr: bool = False) -> "NoiseSchedule":
         """Any betas you like: a sequence or 1-D tensor with values in (0, 1)."""
         return cls(betas, zero_terminal_snr)                                  # __init__ converts and checks

@@ -167,3 +167,25 @@ def test_alpha_bar_at_integer_and_between():
 def test_bad_input_names_the_argument(call, word):
     with pytest.raises(ValueError, match=word):
         call()
+
+
+def test_course_schedule_is_the_courses_table():
+    """alphas_cumprod[i] == the course's ab_t[i + 1], built independently the way the course builds it."""
+    T, beta1, beta2 = 500, 1e-4, 0.02
+    b_t = (beta2 - beta1) * torch.linspace(0, 1, T + 1, dtype=torch.float64) + beta1
+    a_t = 1 - b_t
+    ab_t = torch.cumsum(a_t.log(), dim=0).exp()
+    ab_t[0] = 1
+    schedule = md.NoiseSchedule.course(T=T, beta_start=beta1, beta_end=beta2)
+    assert schedule.T == T
+    torch.testing.assert_close(schedule.alphas_cumprod, ab_t[1:], rtol=0, atol=1e-15)
+    torch.testing.assert_close(schedule.betas[1:], b_t[2:], rtol=0, atol=1e-15)      # beta_i = b_{i+1} after the first
+    linear = md.NoiseSchedule.linear(T=T, beta_start=beta1, beta_end=beta2)
+    assert (schedule.alphas_cumprod - linear.alphas_cumprod).abs().max() > 1e-3   # a different table
+
+
+def test_presets_use_the_course_schedule():
+    from minidiff.presets import PRESETS, build_schedule
+    for name in ("course", "long", "quick"):
+        schedule = build_schedule(PRESETS[name]["schedule"])
+        torch.testing.assert_close(schedule.alphas_cumprod, md.NoiseSchedule.course().alphas_cumprod)
