@@ -27,7 +27,7 @@ from .schedule import NoiseSchedule
 from .train import TrainConfig
 
 _SPRITES_MODEL = {"class": "ContextUnet", "kwargs": {"in_channels": 3, "n_feat": 64, "n_cfeat": 5, "height": 16}}
-_COURSE_SCHEDULE = {"kind": "course", "T": 500, "beta_start": 1e-4, "beta_end": 0.02}   # NoiseSchedule.course: its exact table
+_COURSE_SCHEDULE = {"kind": "course", "T": 500, "beta_start": 1e-4, "beta_end": 0.02}   # NoiseSchedule.course
 
 PRESETS = {
     # The DeepLearning.AI sprites course: T = 500, beta 1e-4 -> 0.02, ContextUnet(64, 5, 16), batch 100,
