@@ -22,7 +22,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .checkpoint import build_model
+from .model_table import build_model
 from .schedule import NoiseSchedule
 from .train import TrainConfig
 

@@ -37,19 +37,9 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .checkpoint import (
-    CheckpointError,
-    PathLike,
-    atomic_torch_save,
-    atomic_write_text,
-    build_model,
-    decode_kwargs,
-    load_checkpoint,
-    model_from_checkpoint,
-    model_spec,
-    safe_torch_load,
-    schedule_or_sde_from_checkpoint,
-)
+from .checkpoint import load_checkpoint, model_from_checkpoint, schedule_or_sde_from_checkpoint
+from .file_io import CheckpointError, PathLike, atomic_torch_save, atomic_write_text, safe_torch_load
+from .model_table import build_model, decode_kwargs, model_spec
 from .schedule import NoiseSchedule
 
 FORMAT, FORMAT_VERSION = "minidiff-pretrained", 1
@@ -71,7 +61,7 @@ def save_pretrained(model: nn.Module, schedule_or_sde: Any, folder: PathLike, *,
     spec = model_spec(model, model_kwargs)
     if spec["kwargs"] is None:
         raise CheckpointError(f"cannot save {spec['class']} to {os.fspath(folder)}: its constructor kwargs are "
-                              f"unknown; pass model_kwargs={{...}} (or build it with minidiff.checkpoint.build_model)")
+                              f"unknown; pass model_kwargs={{...}} (or build it with minidiff.model_table.build_model)")
     schedule, sde = _split_process(schedule_or_sde)
     index = {
         "format": FORMAT,
@@ -210,7 +200,7 @@ def _process_from_index(index: dict, index_path: str):
 
 
 def _load_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """A plain state_dict, read safely (checkpoint.safe_torch_load: CRC check, weights_only=True)."""
+    """A plain state_dict, read safely (file_io.safe_torch_load: CRC check, weights_only=True)."""
     state_dict = safe_torch_load(path, "cpu", what="weights file")
     if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
         raise CheckpointError(f"{path} is not a state_dict (a dict of parameter name -> tensor)")

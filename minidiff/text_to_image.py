@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import __version__
-from .checkpoint import atomic_torch_save, atomic_write_text, build_model, decode_kwargs, model_spec
+from .file_io import atomic_torch_save, atomic_write_text
+from .model_table import build_model, decode_kwargs, model_spec
 from .samplers import sample
 from .schedule import NoiseSchedule
 from .text import TextEncoder, Tokenizer
@@ -221,7 +222,7 @@ class TextToImage:
         for name, spec in specs.items():
             if spec["kwargs"] is None:
                 raise ValueError(f"the {name} ({spec['class']}) does not record its constructor arguments: build it "
-                                 f"with md.checkpoint.build_model(...) or TextToImage.build(...)")
+                                 f"with md.model_table.build_model(...) or TextToImage.build(...)")
         config = {"minidiff_version": __version__, "pipeline": "TextToImage", **specs,
                   "text_encoder": self.text_encoder.to_config(), "tokenizer": self.tokenizer.to_config(),
                   "schedule": self.schedule.to_config(), "latent_scale": self.latent_scale,

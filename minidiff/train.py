@@ -36,7 +36,10 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed, imaging
+from .file_io import CheckpointError
 from .losses import diffusion_loss
+from .model_table import model_spec
+from .rng_state import set_rng_state
 from .schedule import NoiseSchedule
 from .train_config import DECAYS, MIXED_PRECISIONS, OBJECTIVES, TrainConfig, lr_at  # noqa: F401 (re-exported)
 
@@ -121,7 +124,7 @@ class Trainer:
         if c.mixed_precision == "fp16" and self.device.type != "cuda":
             raise ValueError("mixed_precision='fp16' needs a CUDA device; use 'bf16' or 'no' on the CPU")
 
-        self.model_spec = ckpt.model_spec(model, model_kwargs)
+        self.model_spec = model_spec(model, model_kwargs)
         self.model = model.to(self.device)
         if c.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -347,7 +350,7 @@ class Trainer:
         """Continue from a checkpoint dict written by ``save`` (weights, EMA, optimiser, step, data order, RNG)."""
         name = checkpoint["model"]["class"]
         if name != type(self.model).__name__:
-            raise ckpt.CheckpointError(f"the checkpoint holds a {name}, not a {type(self.model).__name__}")
+            raise CheckpointError(f"the checkpoint holds a {name}, not a {type(self.model).__name__}")
         self.model.load_state_dict(checkpoint["state_dict"])
         self.ema.model.load_state_dict(checkpoint["ema_state_dict"] or checkpoint["state_dict"])
         if checkpoint.get("optimizer") is not None:
@@ -358,7 +361,7 @@ class Trainer:
         data = checkpoint.get("data") or {}
         self.epoch, self.batch_in_epoch = int(data.get("epoch", 0)), int(data.get("batch_in_epoch", 0))
         self.history = [list(row) for row in data.get("history", [])]
-        ckpt.set_rng_state(checkpoint["rng"])
+        set_rng_state(checkpoint["rng"])
 
     @classmethod
     def resume(cls, path: str, dataset, model_classes: Optional[dict] = None, **config_changes) -> "Trainer":

@@ -26,6 +26,7 @@ from test_exact_models import ExactGaussianMixtureEps
 
 import minidiff as md
 from minidiff import checkpoint as ckpt
+from minidiff import model_table
 from minidiff.cli import main as cli_main
 from minidiff.data import (
     ImageFolder,
@@ -348,8 +349,8 @@ def net(name):
                                                           context_dim=6),
             "LatentScoreUNet": lambda: LatentScoreUNet(channels=(8, 16, 64), embed_dim=16, text_dim=16),
             "AutoEncoder": lambda: AutoEncoder(channels=(8, 8)),
-            "BasicUNet": lambda: ckpt.model_classes()["BasicUNet"](),
-            "UNet2D": lambda: ckpt.model_classes()["UNet2D"](),
+            "BasicUNet": lambda: model_table.model_classes()["BasicUNet"](),
+            "UNet2D": lambda: model_table.model_classes()["UNet2D"](),
         }[name]().eval()
     return _NETS[name]
 

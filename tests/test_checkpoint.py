@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from minidiff import checkpoint as ckpt
+from minidiff import model_table, rng_state
 from minidiff.schedule import NoiseSchedule
 
 
@@ -151,12 +152,12 @@ def test_rng_state_round_trip():
     torch.manual_seed(3)
     np.random.seed(3)
     random.seed(3)
-    state = ckpt.get_rng_state()
+    state = rng_state.get_rng_state()
     expected = (torch.rand(3), np.random.rand(3), random.random())
     torch.manual_seed(99)
     np.random.seed(99)
     random.seed(99)
-    ckpt.set_rng_state(state)
+    rng_state.set_rng_state(state)
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1])
     assert random.random() == expected[2]
@@ -165,7 +166,7 @@ def test_rng_state_round_trip():
 def test_sde_constructor_kwargs_are_stored_as_config_and_rebuilt(tmp_path):
     from minidiff.sde import VESDE, VPSDE
     model = ckpt.build_model("ScoreUNet", sde=VESDE(sigma=10.0))
-    assert model.minidiff_spec["kwargs"]["sde"] == {ckpt.SDE_KEY: VESDE(sigma=10.0).to_config()}
+    assert model.minidiff_spec["kwargs"]["sde"] == {model_table.SDE_KEY: VESDE(sigma=10.0).to_config()}
     ckpt.save_checkpoint(tmp_path / "s.pt", model, sde=VPSDE())
     loaded, process = ckpt.load_pipeline(tmp_path / "s.pt")
     assert isinstance(loaded.sde, VESDE) and isinstance(process, VPSDE)

@@ -302,7 +302,7 @@ def _chunked_logits(classifier: FeatureClassifier, images: Tensor, batch_size: i
 
 
 def _save(path: str, key: str, config: ClassifierConfig, classifier: FeatureClassifier) -> None:
-    from ..checkpoint import atomic_torch_save  # temporary file + fsync + os.replace
+    from ..file_io import atomic_torch_save  # temporary file + fsync + os.replace
     atomic_torch_save({"format": CACHE_FORMAT, "key": key, "config": config.to_dict(),
                        "in_channels": classifier.in_channels, "heads": classifier.head_sizes,
                        "state_dict": classifier.state_dict(), "info": dict(classifier.info)}, path)

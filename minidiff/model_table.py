@@ -1,0 +1,86 @@
+"""The networks a checkpoint can name, and their constructor kwargs as plain data.
+
+A saved model records ``{"class": name, "kwargs": {...}}``; ``build_model`` rebuilds it from an explicit
+name -> class table (``model_classes()``), never from a dotted path or a pickle. A class of your own is
+passed explicitly: ``build_model("MyNet", {"MyNet": MyNet}, ...)``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+from torch import nn
+
+from .file_io import CheckpointError
+
+SDE_KEY = "__sde__"       # a constructor kwarg that is an SDE object is stored as {SDE_KEY: sde.to_config()}
+
+
+def model_classes() -> Dict[str, type]:
+    """The networks a checkpoint can name: an explicit dict ``name -> class``.
+
+    Imported here, not at module import, so that reading this file stays cheap.
+    """
+    from .nn.autoencoder import AutoEncoder
+    from .nn.basic_unet import BasicUNet
+    from .nn.context_unet import ContextUnet
+    from .nn.score_unet import ConditionalScoreUNet, LatentScoreUNet, ResidualScoreUNet, ScoreUNet
+    from .nn.unet2d import UNet2D
+    return {"ContextUnet": ContextUnet, "ScoreUNet": ScoreUNet, "ResidualScoreUNet": ResidualScoreUNet,
+            "ConditionalScoreUNet": ConditionalScoreUNet, "LatentScoreUNet": LatentScoreUNet,
+            "BasicUNet": BasicUNet, "UNet2D": UNet2D, "AutoEncoder": AutoEncoder}
+
+
+def build_model(name: str, classes: Optional[Dict[str, type]] = None, **kwargs) -> nn.Module:
+    """Build network `name` with `kwargs` and remember both on ``model.minidiff_spec``.
+
+    `classes` adds classes of your own to the table of ``model_classes()``.
+    ``build_model("ContextUnet", n_feat=64, n_cfeat=5, height=16)``; the Trainer and
+    ``save_checkpoint`` read ``minidiff_spec`` so the file can rebuild the model with no user code.
+    """
+    table = {**model_classes(), **(classes or {})}
+    if name not in table:
+        raise CheckpointError(f"unknown model class {name!r}; known: {sorted(table)} "
+                              f"(pass model_classes={{{name!r}: YourClass}} for a class of your own)")
+    model = table[name](**decode_kwargs(encode_kwargs(kwargs)))
+    model.minidiff_spec = {"class": name, "kwargs": encode_kwargs(kwargs)}
+    return model
+
+
+def model_spec(model: nn.Module, model_kwargs: Optional[dict] = None) -> dict:
+    """{"class": name, "kwargs": plain kwargs or None} for `model` (explicit kwargs win over minidiff_spec)."""
+    if model_kwargs is not None:
+        return {"class": type(model).__name__, "kwargs": encode_kwargs(model_kwargs)}
+    spec = getattr(model, "minidiff_spec", None)
+    if spec is not None:
+        return {"class": spec["class"], "kwargs": encode_kwargs(spec["kwargs"])}
+    return {"class": type(model).__name__, "kwargs": None}
+
+
+def encode_kwargs(kwargs: dict) -> dict:
+    """Constructor kwargs as plain data: an SDE object becomes {SDE_KEY: its to_config()}, tuples lists."""
+    def encode(value):
+        if hasattr(value, "to_config") and not isinstance(value, (dict, list, tuple)):
+            return {SDE_KEY: value.to_config()}
+        if isinstance(value, (list, tuple)):
+            return [encode(v) for v in value]
+        if isinstance(value, dict):
+            return {k: encode(v) for k, v in value.items()}
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        raise CheckpointError(f"cannot record constructor argument of type {type(value).__name__}: {value!r}")
+    return {k: encode(v) for k, v in kwargs.items()}
+
+
+def decode_kwargs(kwargs: dict) -> dict:
+    """The inverse of ``encode_kwargs``: {SDE_KEY: config} is rebuilt with ``sde_from_config``."""
+    def decode(value):
+        if isinstance(value, dict) and set(value) == {SDE_KEY}:
+            from .sde import sde_from_config
+            return sde_from_config(value[SDE_KEY])
+        if isinstance(value, dict):
+            return {k: decode(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        return value
+    return {k: decode(v) for k, v in kwargs.items()}
