@@ -103,8 +103,10 @@ def dpmpp_2m(denoise, x, schedule, timesteps, generator=None, callback=None) -> 
     With alpha = sqrt(alpha_bar), sigma_t = sqrt(1 - alpha_bar), lambda_ = log(alpha / sigma_t) and
     h = lambda_next - lambda_cur:
         x_next = (sigma_next / sigma_cur) x - alpha_next (exp(-h) - 1) D
-    where D = x0_pred on the first step and (1 + 1/(2r)) x0_pred - 1/(2r) x0_prev after, r = h_prev / h.
-    The last step goes to lambda_ = +inf, where the update is x_next = x0_pred.
+    where D = x0_pred on the first step (first order: DDIM) and (1 + 1/(2r)) x0_pred - 1/(2r) x0_prev on
+    every later step, r = h_prev / h. The last step goes to lambda_ = +inf, where the update is
+    x_next = x0_pred. This is the published algorithm, as k-diffusion's sample_dpmpp_2m and diffusers'
+    DPMSolverMultistepScheduler(solver_order=2, lower_order_final=True) run it.
     """
     timesteps = timesteps.tolist()
     x0_prev, h_prev = None, None
@@ -120,7 +122,7 @@ def dpmpp_2m(denoise, x, schedule, timesteps, generator=None, callback=None) -> 
             lambda_cur = 0.5 * math.log(alpha_bar / (1 - alpha_bar))
             lambda_next = 0.5 * math.log(alpha_bar_next / (1 - alpha_bar_next))
             h = lambda_next - lambda_cur
-            if x0_prev is None or k == len(timesteps) - 2:
+            if x0_prev is None:
                 D = x0_pred                                               # first order (DPM-Solver++(1) = DDIM)
             else:
                 r = h_prev / h
