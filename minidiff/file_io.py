@@ -8,11 +8,14 @@ a file that needs arbitrary unpickling (which could run code) is refused.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
-from typing import Any, Callable, Union
+from typing import Any, Callable, Dict, Iterator, Union
 
 import torch
 
@@ -38,6 +41,7 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], binary: bool = Tr
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())         # mkstemp makes 0600; a shared file must stay readable
         os.replace(tmp, path)
     except BaseException as error:
         if os.path.exists(tmp):
@@ -57,6 +61,63 @@ def atomic_torch_save(obj: Any, path: PathLike) -> None:
 def atomic_write_text(text: str, path: PathLike) -> None:
     """Write `text` to `path` atomically (see atomic_write)."""
     atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def atomic_save_safetensors(tensors: Dict[str, torch.Tensor], path: PathLike) -> None:
+    """Write a flat {name: tensor} dict as a .safetensors file atomically (see atomic_write)."""
+    from safetensors.torch import save as safetensors_bytes
+    contiguous = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
+    atomic_write(path, lambda f: f.write(safetensors_bytes(contiguous)))
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: PathLike) -> Iterator[str]:
+    """Fill a temporary sibling of `folder`, then swap it in: a failed save never touches the old folder.
+
+        with atomic_folder("my_model") as tmp:
+            write files into tmp
+
+    On success the old folder (if any) is renamed aside, the new one renamed into place, the old one
+    deleted. Files of the old folder that the new save does not write (a README, sample images) are
+    copied over first. On any error the temporary folder is removed and `folder` is as it was.
+    A crash between the two renames leaves the old save in a ``.<name>.old-*`` sibling.
+    """
+    folder = os.path.abspath(os.fspath(folder))
+    parent, name = os.path.split(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise NotADirectoryError(f"cannot save into {folder}: it is a file, not a folder")
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.new-", dir=parent)
+    try:
+        yield tmp
+        if os.path.isdir(folder):
+            for entry in os.listdir(folder):             # keep what the new save does not replace
+                source, target = os.path.join(folder, entry), os.path.join(tmp, entry)
+                if os.path.isfile(source) and not os.path.lexists(target):
+                    shutil.copy2(source, target)
+        os.chmod(tmp, 0o777 & ~_umask())                  # mkdtemp makes 0700
+        _fsync_folder(tmp)
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise OSError(error.errno, f"could not save {folder} ({error.strerror or error}); "
+                                       f"the previous save, if any, is untouched") from error
+        raise
+    old = None
+    if os.path.isdir(folder):
+        old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+        os.replace(folder, old)                          # an empty folder is replaced by a rename (POSIX)
+    os.replace(tmp, folder)
+    _fsync_folder(parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_folder(folder: str) -> None:
@@ -101,3 +162,28 @@ def safe_torch_load(path: PathLike, map_location: Union[str, torch.device] = "cp
                               f"({first_line})") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"{path} is truncated or corrupt and cannot be read: {error}") from None
+
+
+def safe_load_safetensors(path: PathLike, what: str = "weights file") -> Dict[str, torch.Tensor]:
+    """A .safetensors file as {name: tensor} on the CPU. The format holds only a JSON header and raw
+    tensor bytes, so reading it cannot run code. Errors name the path: FileNotFoundError, CheckpointError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as safetensors_load
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return safetensors_load(data)
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as error:
+        raise CheckpointError(f"{path} is truncated or corrupt and cannot be read: {error}") from None
+
+
+def sha256_of(path: PathLike) -> str:
+    """The SHA-256 of a file's bytes, as hex (a pretrained index records it to catch damaged weights)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

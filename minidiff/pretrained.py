@@ -1,31 +1,35 @@
 """Pretrained folders: a trained model and its noise process, saved as a small readable folder.
 
 A checkpoint (checkpoint.py) is one file for RESUMING training: optimiser state, RNG state, both sets
-of weights. A pretrained folder is for SHARING and SAMPLING: one set of weights and a JSON index you
-can open in a text editor to see what the model is.
+of weights. A pretrained folder is for SHARING and SAMPLING: the weights as safetensors files (raw tensors
+and a JSON header: reading one cannot run code) and a JSON index you can open in a text editor.
 
     my_model/
-      minidiff.json    the index: which class to build with which kwargs, the schedule or SDE, the weights file
-      model.pt         the weights: a plain state_dict, read with torch.load(weights_only=True)
+      minidiff.json        the index: which class to build with which kwargs, the schedule or SDE, the weights files
+      model.safetensors    the model's weights
+      ema.safetensors      the EMA weights, when saved (load_pretrained uses them by default)
 
     {
       "format": "minidiff-pretrained",
-      "format_version": 1,
+      "format_version": 2,
       "minidiff_version": "0.1.0",
       "model": {"class": "ContextUnet", "kwargs": {"in_channels": 3, "n_feat": 64, "n_cfeat": 5, "height": 16}},
       "schedule": {"betas": [0.0001, ...], "zero_terminal_snr": false},     # discrete-time models, else null
       "sde": null,                                                          # score models: {"class": "VESDE", ...}
       "prediction_type": "epsilon",                                         # or null when not known
-      "weights": "model.pt"
+      "weights": "model.safetensors",
+      "ema_weights": "ema.safetensors",                                     # or null
+      "sha256": {"model.safetensors": "3f1c...", "ema.safetensors": "9a0b..."}
     }
 
-    md.save_pretrained(ema_model, schedule, "my_model")
+    md.save_pretrained(model, schedule, "my_model", ema_model=ema)
     model, schedule = md.load_pretrained("my_model")
     x = md.sample(model, schedule, (16, 3, 16, 16))
 
-The same safety rules as checkpoints: weights are read with ``weights_only=True`` only (a file that
-needs arbitrary unpickling is refused), non-finite weights are never written, and the weights are
-written before the index, so a folder whose save did not finish has no index and is refused.
+Folders of format_version 1 (weights in ``model.pt``, a state_dict read with ``torch.load(weights_only=True)``
+only) still load. Non-finite weights are never written. A save is atomic as a whole: the new files are
+written into a temporary sibling folder that is then swapped in, so a save that fails (a full disk, a
+crash) leaves the previous folder loadable and a half-written folder never carries an index.
 """
 
 from __future__ import annotations
@@ -38,12 +42,21 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, schedule_or_sde_from_checkpoint
-from .file_io import CheckpointError, PathLike, atomic_torch_save, atomic_write_text, safe_torch_load
+from .file_io import (
+    CheckpointError,
+    PathLike,
+    atomic_folder,
+    atomic_save_safetensors,
+    atomic_write_text,
+    safe_load_safetensors,
+    safe_torch_load,
+    sha256_of,
+)
 from .model_table import build_model, decode_kwargs, model_spec
 from .schedule import NoiseSchedule
 
-FORMAT, FORMAT_VERSION = "minidiff-pretrained", 1
-INDEX_NAME, WEIGHTS_NAME = "minidiff.json", "model.pt"
+FORMAT, FORMAT_VERSION = "minidiff-pretrained", 2
+INDEX_NAME, WEIGHTS_NAME, EMA_WEIGHTS_NAME = "minidiff.json", "model.safetensors", "ema.safetensors"
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -63,6 +76,9 @@ def save_pretrained(model: nn.Module, schedule_or_sde: Any, folder: PathLike, *,
         raise CheckpointError(f"cannot save {spec['class']} to {os.fspath(folder)}: its constructor kwargs are "
                               f"unknown; pass model_kwargs={{...}} (or build it with minidiff.model_table.build_model)")
     schedule, sde = _split_process(schedule_or_sde)
+    files = {WEIGHTS_NAME: _finite_weights(model, folder)}
+    if ema_model is not None:
+        files[EMA_WEIGHTS_NAME] = _finite_weights(ema_model, folder)
     index = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -72,30 +88,35 @@ def save_pretrained(model: nn.Module, schedule_or_sde: Any, folder: PathLike, *,
         "sde": sde.to_config() if sde is not None else None,
         "prediction_type": prediction_type,
         "weights": WEIGHTS_NAME,
+        "ema_weights": EMA_WEIGHTS_NAME if ema_model is not None else None,
     }
-    source = ema_model if ema_model is not None else model
-    weights = {name: tensor.detach().cpu().clone() for name, tensor in source.state_dict().items()}
+    with atomic_folder(folder) as tmp:          # a failed save leaves the previous folder as it was
+        for name, weights in files.items():
+            atomic_save_safetensors(weights, os.path.join(tmp, name))
+        index["sha256"] = {name: sha256_of(os.path.join(tmp, name)) for name in files}
+        atomic_write_text(_readable_json(index) + "\n", os.path.join(tmp, INDEX_NAME))
+    return os.path.join(os.fspath(folder), INDEX_NAME)
+
+
+def _finite_weights(model: nn.Module, folder: PathLike) -> Dict[str, torch.Tensor]:
+    """A CPU copy of model.state_dict(); FloatingPointError if a weight is not finite."""
+    weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
     for name, tensor in weights.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise FloatingPointError(f"refusing to save {os.fspath(folder)}: weight {name!r} is not finite")
-
-    folder = os.fspath(folder)
-    os.makedirs(folder, exist_ok=True)
-    index_path = os.path.join(folder, INDEX_NAME)
-    if os.path.exists(index_path):              # an old index must never describe half-replaced weights
-        os.unlink(index_path)
-    atomic_torch_save(weights, os.path.join(folder, WEIGHTS_NAME))    # 1. the weights ...
-    atomic_write_text(_readable_json(index) + "\n", index_path)      # 2. ... then the index that names them
-    return index_path
+    return weights
 
 
 def export_checkpoint(checkpoint_path: PathLike, folder: PathLike, ema: bool = True,
                       model_classes: Optional[Dict[str, type]] = None) -> str:
-    """Turn a training checkpoint into a pretrained folder (EMA weights by default); return the index path."""
+    """Turn a training checkpoint into a pretrained folder (with its EMA weights, if `ema` and it has them)."""
     checkpoint = load_checkpoint(checkpoint_path)
-    model = model_from_checkpoint(checkpoint, ema, "cpu", model_classes, os.fspath(checkpoint_path))
+    model = model_from_checkpoint(checkpoint, False, "cpu", model_classes, os.fspath(checkpoint_path))
+    ema_model = None
+    if ema and checkpoint.get("ema_state_dict") is not None:
+        ema_model = model_from_checkpoint(checkpoint, True, "cpu", model_classes, os.fspath(checkpoint_path))
     prediction_type = (checkpoint.get("train_config") or {}).get("prediction_type")
-    return save_pretrained(model, schedule_or_sde_from_checkpoint(checkpoint), folder,
+    return save_pretrained(model, schedule_or_sde_from_checkpoint(checkpoint), folder, ema_model=ema_model,
                            prediction_type=prediction_type)
 
 
@@ -148,16 +169,22 @@ def read_index(folder: PathLike) -> dict:
     for key in ("model", "weights"):
         if key not in index:
             raise CheckpointError(f"{path} has no {key!r} entry")
-    weights = index["weights"]
-    if not isinstance(weights, str) or os.path.basename(weights) != weights or weights in ("", ".", ".."):
-        raise CheckpointError(f"{path}: \"weights\" must be a file name inside the folder, got {weights!r}")
+    for key in ("weights", "ema_weights"):
+        weights = index.get(key)
+        if key == "ema_weights" and weights is None:
+            continue
+        if not isinstance(weights, str) or os.path.basename(weights) != weights or weights in ("", ".", ".."):
+            raise CheckpointError(f"{path}: \"{key}\" must be a file name inside the folder, got {weights!r}")
+    if not isinstance(index.get("sha256", {}), dict):
+        raise CheckpointError(f"{path}: \"sha256\" must be {{file name: hex digest}}, got {index['sha256']!r}")
     return index
 
 
 def load_pretrained(folder: PathLike, device: Union[str, torch.device] = "cpu",
-                    model_classes: Optional[Dict[str, type]] = None) -> Tuple[nn.Module, Any]:
+                    model_classes: Optional[Dict[str, type]] = None, ema: bool = True) -> Tuple[nn.Module, Any]:
     """(model, schedule_or_sde) from a folder written by ``save_pretrained``; the model in eval mode.
 
+    The EMA weights when the folder has them and `ema`, else the plain ones.
     The model is rebuilt from the index's class and kwargs (`model_classes` adds classes of your own,
     as in ``load_model``), then its weights are loaded strictly: every name and shape must match.
     schedule_or_sde is a NoiseSchedule, an SDE, or None if the folder records neither.
@@ -173,9 +200,10 @@ def load_pretrained(folder: PathLike, device: Union[str, torch.device] = "cpu",
         raise CheckpointError(f"{index_path}: {error}") from None
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{index_path}: cannot build {spec.get('class')}({spec['kwargs']}): {error}") from None
-    weights_path = os.path.join(os.fspath(folder), index["weights"])
+    weights_name = index["ema_weights"] if ema and index.get("ema_weights") else index["weights"]
+    weights_path = os.path.join(os.fspath(folder), weights_name)
     try:
-        model.load_state_dict(_load_state_dict(weights_path))
+        model.load_state_dict(_load_state_dict(weights_path, index.get("sha256", {}).get(weights_name)))
     except RuntimeError as error:
         raise CheckpointError(f"{weights_path}: the weights do not fit {spec['class']}({spec['kwargs']}) "
                               f"named in {INDEX_NAME}: {error}") from None
@@ -199,8 +227,15 @@ def _process_from_index(index: dict, index_path: str):
     return None
 
 
-def _load_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """A plain state_dict, read safely (file_io.safe_torch_load: CRC check, weights_only=True)."""
+def _load_state_dict(path: str, sha256: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """A plain state_dict, read safely: a .safetensors file (checked against the index's SHA-256 when it
+    records one), or an older folder's model.pt (CRC check, weights_only=True; see file_io.safe_torch_load)."""
+    if path.endswith(".safetensors"):
+        if not os.path.isfile(path):
+            raise CheckpointError(f"weights file not found: {path} (named in {INDEX_NAME})")
+        if sha256 is not None and sha256_of(path) != sha256:
+            raise CheckpointError(f"{path} is corrupt: its SHA-256 differs from the one {INDEX_NAME} records")
+        return safe_load_safetensors(path)
     state_dict = safe_torch_load(path, "cpu", what="weights file")
     if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
         raise CheckpointError(f"{path} is not a state_dict (a dict of parameter name -> tensor)")

@@ -1,15 +1,19 @@
 """Pretrained folders: round trips, a readable index, EMA weights, refusals, and the CLI on a folder."""
 
+import errno
+import hashlib
 import json
 import os
+import stat
 
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 import minidiff as md
 from minidiff import checkpoint as ckpt
-from minidiff import pretrained
+from minidiff import file_io, pretrained
 from minidiff.cli import main
 
 
@@ -37,16 +41,19 @@ def test_context_unet_and_schedule_round_trip_bit_identically(tmp_path):
 
 def test_the_index_is_readable_json_and_the_weights_a_plain_state_dict(tmp_path):
     md.save_pretrained(_context_unet(), md.NoiseSchedule.linear(T=20), tmp_path / "m")
-    assert sorted(os.listdir(tmp_path / "m")) == ["minidiff.json", "model.pt"]
+    assert sorted(os.listdir(tmp_path / "m")) == ["minidiff.json", "model.safetensors"]
     text = (tmp_path / "m" / "minidiff.json").read_text()
     index = json.loads(text)
-    assert index["format"] == "minidiff-pretrained" and index["format_version"] == 1
+    assert index["format"] == "minidiff-pretrained" and index["format_version"] == 2
     assert index["model"] == {"class": "ContextUnet", "kwargs": {"in_channels": 3, "n_feat": 8, "n_cfeat": 5,
                                                                   "height": 16}}
-    assert index["sde"] is None and index["weights"] == "model.pt" and len(index["schedule"]["betas"]) == 20
+    assert index["sde"] is None and index["weights"] == "model.safetensors" and index["ema_weights"] is None
+    assert len(index["schedule"]["betas"]) == 20
     assert len(text.splitlines()) < 40                                      # the 20 betas sit on one line
-    weights = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
-    assert all(torch.is_tensor(v) for v in weights.values())
+    weights = load_file(tmp_path / "m" / "model.safetensors")             # the safetensors package reads it
+    assert weights.keys() == _context_unet().state_dict().keys()
+    assert index["sha256"]["model.safetensors"] == hashlib.sha256((tmp_path / "m" / "model.safetensors")
+                                                                   .read_bytes()).hexdigest()
 
 
 def test_score_unet_with_an_sde_kwarg_round_trips(tmp_path):
@@ -61,13 +68,71 @@ def test_score_unet_with_an_sde_kwarg_round_trips(tmp_path):
         torch.testing.assert_close(loaded(x, t), model.eval()(x, t), rtol=0, atol=0)
 
 
-def test_ema_weights_are_saved_when_given(tmp_path):
+def test_ema_weights_are_saved_beside_the_model_weights(tmp_path):
     model, ema = _context_unet(seed=0), _context_unet(seed=1)
     md.save_pretrained(model, md.NoiseSchedule.linear(T=10), tmp_path / "m", ema_model=ema)
-    loaded, _ = md.load_pretrained(tmp_path / "m")
-    for name, tensor in loaded.state_dict().items():
-        assert torch.equal(tensor, ema.state_dict()[name])
-    assert not torch.equal(loaded.init_conv.conv1[0].weight, model.init_conv.conv1[0].weight)
+    assert sorted(os.listdir(tmp_path / "m")) == ["ema.safetensors", "minidiff.json", "model.safetensors"]
+    loaded, _ = md.load_pretrained(tmp_path / "m")                          # EMA weights by default
+    assert all(torch.equal(v, ema.state_dict()[k]) for k, v in loaded.state_dict().items())
+    plain, _ = md.load_pretrained(tmp_path / "m", ema=False)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in plain.state_dict().items())
+
+
+def test_a_version_1_folder_with_model_pt_still_loads(tmp_path):
+    model, schedule = _context_unet(), md.NoiseSchedule.linear(T=10)
+    folder = tmp_path / "old"
+    folder.mkdir()
+    torch.save(model.state_dict(), folder / "model.pt")
+    (folder / "minidiff.json").write_text(json.dumps({
+        "format": "minidiff-pretrained", "format_version": 1, "minidiff_version": "0.1.0",
+        "model": {"class": "ContextUnet", "kwargs": {"in_channels": 3, "n_feat": 8, "n_cfeat": 5, "height": 16}},
+        "schedule": schedule.to_config(), "sde": None, "prediction_type": None, "weights": "model.pt"}))
+    loaded, loaded_schedule = md.load_pretrained(folder)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    assert torch.equal(loaded_schedule.betas, schedule.betas)
+
+
+def test_files_follow_the_umask_not_0600(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        md.save_pretrained(_context_unet(), md.NoiseSchedule.linear(T=10), tmp_path / "m")
+        ckpt.save_checkpoint(tmp_path / "c.pt", _context_unet())
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(tmp_path / "m").st_mode) == 0o755
+    for path in [tmp_path / "c.pt", *(tmp_path / "m").iterdir()]:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644, path
+
+
+def test_a_resave_that_fails_on_a_full_disk_leaves_the_previous_save_loadable(tmp_path, monkeypatch):
+    folder = tmp_path / "m"
+    first, second = _context_unet(seed=0), _context_unet(seed=1)
+    md.save_pretrained(first, md.NoiseSchedule.linear(T=10), folder)
+    (folder / "README.md").write_text("my notes")                          # a file of the user's own
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real_write = file_io.atomic_write
+    calls = []
+
+    def full_disk_on_the_index(path, write, binary=True):                   # the weights fit, the index does not
+        calls.append(os.path.basename(os.fspath(path)))
+        if os.fspath(path).endswith("minidiff.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, write, binary)
+
+    monkeypatch.setattr(file_io, "atomic_write", full_disk_on_the_index)
+    with pytest.raises(OSError, match="previous save, if any, is untouched") as caught:
+        md.save_pretrained(second, md.NoiseSchedule.linear(T=10), folder)
+    assert caught.value.errno == errno.ENOSPC and calls == ["model.safetensors", "minidiff.json"]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before     # byte for byte the first save
+    assert sorted(os.listdir(tmp_path)) == ["m"]                            # no temporary folder left behind
+    loaded, _ = md.load_pretrained(folder)
+    assert all(torch.equal(v, first.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+    monkeypatch.setattr(file_io, "atomic_write", real_write)                 # space again: the re-save works
+    md.save_pretrained(second, md.NoiseSchedule.linear(T=10), folder)
+    loaded, _ = md.load_pretrained(folder)
+    assert all(torch.equal(v, second.state_dict()[k]) for k, v in loaded.state_dict().items())
+    assert (folder / "README.md").read_text() == "my notes" and sorted(os.listdir(tmp_path)) == ["m"]
 
 
 def test_export_checkpoint_writes_the_ema_weights(tmp_path):
@@ -115,7 +180,8 @@ def test_refuses_missing_index_bad_json_pickled_objects_and_mismatched_weights(t
     (folder / "minidiff.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ckpt.CheckpointError, match="not a minidiff pretrained index"):
         md.load_pretrained(folder)
-    (folder / "minidiff.json").write_text(index_text.replace('"model.pt"', '"../model.pt"'))
+    (folder / "minidiff.json").write_text(index_text.replace('"weights": "model.safetensors"',
+                                                             '"weights": "../model.safetensors"'))
     with pytest.raises(ckpt.CheckpointError, match="file name inside the folder"):
         md.load_pretrained(folder)
     (folder / "minidiff.json").write_text(index_text.replace('"ContextUnet"', '"MyNet"'))
@@ -124,14 +190,31 @@ def test_refuses_missing_index_bad_json_pickled_objects_and_mismatched_weights(t
     (folder / "minidiff.json").write_text(index_text)
 
     marker = str(tmp_path / "pwned")
+    weights_path = folder / "model.safetensors"
+    good = weights_path.read_bytes()
+    weights_path.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))            # one flipped bit
+    with pytest.raises(ckpt.CheckpointError, match="model.safetensors is corrupt: its SHA-256"):
+        md.load_pretrained(folder)
+    index = json.loads(index_text)
+    del index["sha256"]                                                     # without a checksum to compare:
+    (folder / "minidiff.json").write_text(json.dumps(index))
+    weights_path.write_bytes(good[: len(good) // 2])                        # a truncated file
+    with pytest.raises(ckpt.CheckpointError, match="model.safetensors is truncated or corrupt"):
+        md.load_pretrained(folder)
+    save_file(_context_unet(n_feat=16).state_dict(), weights_path)          # weights of another size
+    with pytest.raises(ckpt.CheckpointError, match="do not fit ContextUnet"):
+        md.load_pretrained(folder)
+    weights_path.unlink()
+    with pytest.raises(ckpt.CheckpointError, match="weights file not found: .*model.safetensors"):
+        md.load_pretrained(folder)
+
+    index["weights"] = "model.pt"                                           # an old folder's torch file
+    (folder / "minidiff.json").write_text(json.dumps(index))
+    marker = str(tmp_path / "pwned")
     torch.save({"init_conv.conv1.0.weight": _Evil(marker)}, folder / "model.pt")
     with pytest.raises(ckpt.CheckpointError, match="refusing to load .*model.pt"):
         md.load_pretrained(folder)
     assert not os.path.exists(marker)                                       # the payload never ran
-
-    torch.save(_context_unet(n_feat=16).state_dict(), folder / "model.pt")  # weights of another size
-    with pytest.raises(ckpt.CheckpointError, match="do not fit ContextUnet"):
-        md.load_pretrained(folder)
     (folder / "model.pt").write_bytes(b"not a zip" * 10)
     with pytest.raises(ckpt.CheckpointError, match="model.pt is truncated or corrupt"):
         md.load_pretrained(folder)
