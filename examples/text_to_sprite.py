@@ -10,8 +10,8 @@ prompt -> Tokenizer -> TextEncoder -> latent diffusion UNet with SpatialTransfor
      data set once, scaled to unit variance;
   3. train the LatentScoreUNet and the TextEncoder together (TextConditionedUNet) with md.Trainer on
      (latent, caption ids), dropping 10 % of captions to "" for classifier-free guidance;
-  4. save the pipeline (config.json + weights.pt), then render one row per prompt, and one row per
-     guidance scale for the first prompt;
+  4. save the pipeline (minidiff.json + one .safetensors file per network), then render one row per
+     prompt, and one row per guidance scale for the first prompt;
   5. measure prompt fidelity: the sprite feature classifier (md.metrics.feature_extractor, trained on
      the procedural sprites) reads the class, drawing and main colour of images made from held-out
      real captions, at guidance w = 0 (unconditional: chance level), 1 and 3. Target: class and
@@ -20,8 +20,9 @@ prompt -> Tokenizer -> TextEncoder -> latent diffusion UNet with SpatialTransfor
 Run:  python examples/text_to_sprite.py --preset quick      (--preset smoke / full; full wants CUDA)
       python examples/text_to_sprite.py --preset quick --prompt "red apple" --prompt "white ghost"
 Writes to outputs/text_to_sprite/: reconstructions.png, prompts.png, guidance.png, autoencoder_loss.png,
-          loss.png, pipeline/ (config.json, weights.pt), results.md, fidelity.json
-Reload:   md.TextToImage.load_pretrained("outputs/text_to_sprite/pipeline")("purple ghost")
+          loss.png, pipeline/ (minidiff.json, *.safetensors), results.md, fidelity.json
+Reload:   md.TextToImage.load_pretrained("outputs/text_to_sprite/pipeline")("purple ghost"), or
+          python -m minidiff sample --checkpoint outputs/text_to_sprite/pipeline --prompt "purple ghost"
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def main(argv=None) -> dict:
     save_loss_curve([row[0] for row in history], [row[1] for row in history], path, title="diffusion loss")
     wrote(path)
     pipe.unet, pipe.text_encoder = trainer.ema.model.unet, trainer.ema.model.text_encoder  # sample with EMA weights
-    wrote(os.path.join(pipe.save_pretrained(os.path.join(args.out, "pipeline")), "config.json"))
+    wrote(os.path.join(pipe.save_pretrained(os.path.join(args.out, "pipeline")), "minidiff.json"))
 
     # 4. One row per prompt; one row per guidance scale for the first prompt.
     with Timer() as sample_time:

@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--gif", metavar="GIF", help="also write the denoising trajectory as a GIF")
     sample.add_argument("--context", help="condition: a class name (hero), an index (3) or a vector (0,1,0,0,0)")
     sample.add_argument("--guidance", type=float, metavar="W", help="classifier-free guidance scale (needs --context)")
+    sample.add_argument("--prompt", help="text-to-image folders: the prompt (the --n images all show it)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sample.add_argument("--scale", type=int, default=4, help="pixel enlargement of the PNG/GIF (default 4)")
     sample.add_argument("--device", default="auto", help="cpu | cuda | auto (default)")
@@ -187,6 +188,8 @@ def cmd_sample(args) -> int:
         if args.raw:
             raise ValueError(f"--raw needs a checkpoint file; the folder {args.checkpoint} holds one set of weights")
         index = pretrained.read_index(args.checkpoint)
+        if index.get("pipeline") == "TextToImage":
+            return _sample_text_to_image(args, device)
         model, process = pretrained.load_pretrained(args.checkpoint, device=device)
         spec, prediction_type = index["model"], index.get("prediction_type") or "epsilon"
     else:
@@ -195,6 +198,8 @@ def cmd_sample(args) -> int:
         process = ckpt.schedule_or_sde_from_checkpoint(checkpoint)
         spec = checkpoint["model"]
         prediction_type = (checkpoint.get("train_config") or {}).get("prediction_type", "epsilon")
+    if args.prompt is not None:
+        raise ValueError(f"--prompt needs a text-to-image pipeline folder; {args.checkpoint} holds a {spec['class']}")
     if process is None:
         raise ValueError(f"{args.checkpoint} records neither a noise schedule nor an SDE; it cannot be sampled")
     shape = (args.n, *_image_shape(spec))
@@ -218,6 +223,25 @@ def cmd_sample(args) -> int:
     if want_gif:
         imaging.save_trajectory_gif(trajectory["x"], args.gif, nrow=args.nrow, scale=args.scale)
         print(f"wrote {args.gif}")
+    return 0
+
+
+def _sample_text_to_image(args, device) -> int:
+    """`minidiff sample` on a TextToImage folder: --n images of --prompt, guided by --guidance (default 3)."""
+    import torch
+
+    from . import imaging
+    from .text_to_image import TextToImage
+    if args.prompt is None:
+        raise ValueError(f"{args.checkpoint} is a text-to-image pipeline: pass --prompt \"...\"")
+    if args.context is not None or args.gif is not None or args.raw:
+        raise ValueError("--context, --gif and --raw do not apply to a text-to-image pipeline (it takes --prompt)")
+    pipe = TextToImage.load_pretrained(args.checkpoint, device)
+    x = pipe(args.prompt, steps=args.steps or 25, sampler=args.sampler or "ddim", spacing=args.spacing, eta=args.eta,
+             guidance_scale=3.0 if args.guidance is None else args.guidance, n_per_prompt=args.n,
+             generator=torch.Generator().manual_seed(args.seed))
+    imaging.save_image_grid(x, args.out, nrow=args.nrow, scale=args.scale)
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -76,9 +76,9 @@ def save_pretrained(model: nn.Module, schedule_or_sde: Any, folder: PathLike, *,
         raise CheckpointError(f"cannot save {spec['class']} to {os.fspath(folder)}: its constructor kwargs are "
                               f"unknown; pass model_kwargs={{...}} (or build it with minidiff.model_table.build_model)")
     schedule, sde = _split_process(schedule_or_sde)
-    files = {WEIGHTS_NAME: _finite_weights(model, folder)}
+    files = {WEIGHTS_NAME: finite_weights(model, folder)}
     if ema_model is not None:
-        files[EMA_WEIGHTS_NAME] = _finite_weights(ema_model, folder)
+        files[EMA_WEIGHTS_NAME] = finite_weights(ema_model, folder)
     index = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -90,15 +90,21 @@ def save_pretrained(model: nn.Module, schedule_or_sde: Any, folder: PathLike, *,
         "weights": WEIGHTS_NAME,
         "ema_weights": EMA_WEIGHTS_NAME if ema_model is not None else None,
     }
+    return write_folder(folder, index, files)
+
+
+def write_folder(folder: PathLike, index: dict, files: Dict[str, Dict[str, torch.Tensor]]) -> str:
+    """Write `files` ({file name: state_dict}) as safetensors, then `index` (with their SHA-256) as
+    minidiff.json, atomically as a whole (file_io.atomic_folder); return the index path."""
     with atomic_folder(folder) as tmp:          # a failed save leaves the previous folder as it was
         for name, weights in files.items():
             atomic_save_safetensors(weights, os.path.join(tmp, name))
-        index["sha256"] = {name: sha256_of(os.path.join(tmp, name)) for name in files}
+        index = {**index, "sha256": {name: sha256_of(os.path.join(tmp, name)) for name in files}}
         atomic_write_text(_readable_json(index) + "\n", os.path.join(tmp, INDEX_NAME))
     return os.path.join(os.fspath(folder), INDEX_NAME)
 
 
-def _finite_weights(model: nn.Module, folder: PathLike) -> Dict[str, torch.Tensor]:
+def finite_weights(model: nn.Module, folder: PathLike) -> Dict[str, torch.Tensor]:
     """A CPU copy of model.state_dict(); FloatingPointError if a weight is not finite."""
     weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
     for name, tensor in weights.items():
@@ -190,6 +196,10 @@ def load_pretrained(folder: PathLike, device: Union[str, torch.device] = "cpu",
     schedule_or_sde is a NoiseSchedule, an SDE, or None if the folder records neither.
     """
     index = read_index(folder)
+    if index.get("pipeline") == "TextToImage":
+        from .text_to_image import TextToImage
+        pipe = TextToImage.load_pretrained(folder, device)
+        return pipe, pipe.schedule
     index_path = os.path.join(os.fspath(folder), INDEX_NAME)
     spec = index["model"]
     if not isinstance(spec, dict) or not isinstance(spec.get("kwargs"), dict):
@@ -203,7 +213,7 @@ def load_pretrained(folder: PathLike, device: Union[str, torch.device] = "cpu",
     weights_name = index["ema_weights"] if ema and index.get("ema_weights") else index["weights"]
     weights_path = os.path.join(os.fspath(folder), weights_name)
     try:
-        model.load_state_dict(_load_state_dict(weights_path, index.get("sha256", {}).get(weights_name)))
+        model.load_state_dict(read_weights(folder, index, weights_name))
     except RuntimeError as error:
         raise CheckpointError(f"{weights_path}: the weights do not fit {spec['class']}({spec['kwargs']}) "
                               f"named in {INDEX_NAME}: {error}") from None
@@ -227,9 +237,14 @@ def _process_from_index(index: dict, index_path: str):
     return None
 
 
-def _load_state_dict(path: str, sha256: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """A plain state_dict, read safely: a .safetensors file (checked against the index's SHA-256 when it
-    records one), or an older folder's model.pt (CRC check, weights_only=True; see file_io.safe_torch_load)."""
+def read_weights(folder: PathLike, index: dict, name: str) -> Dict[str, torch.Tensor]:
+    """The state_dict in file `name` of `folder`, read safely: a .safetensors file (checked against the
+    index's SHA-256 when it records one), or an older folder's torch file (CRC check, weights_only=True;
+    see file_io.safe_torch_load). CheckpointError names the file."""
+    if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+        raise CheckpointError(f"{os.path.join(os.fspath(folder), INDEX_NAME)}: a weights entry must be a file name "
+                              f"inside the folder, got {name!r}")
+    path, sha256 = os.path.join(os.fspath(folder), name), index.get("sha256", {}).get(name)
     if path.endswith(".safetensors"):
         if not os.path.isfile(path):
             raise CheckpointError(f"weights file not found: {path} (named in {INDEX_NAME})")

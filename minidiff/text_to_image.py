@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import __version__
-from .file_io import atomic_torch_save, atomic_write_text
 from .model_table import build_model, decode_kwargs, model_spec
 from .samplers import sample
 from .schedule import NoiseSchedule
@@ -50,7 +49,7 @@ from .text import TextEncoder, Tokenizer
 __all__ = ["TextToImage", "TextToImageConfig", "TextConditionedUNet", "measure_latent_scale",
            "pad_images", "crop_images", "parse_sprite_prompt", "score_prompt_images", "prompt_fidelity"]
 
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "weights.pt"
+OLD_CONFIG_NAME, OLD_WEIGHTS_NAME = "config.json", "weights.pt"   # folders written before minidiff.json
 
 
 def pad_images(x: Tensor, padding: int) -> Tensor:
@@ -217,41 +216,59 @@ class TextToImage:
 
     # ------------------------------------------------------------------ files
     def save_pretrained(self, directory: str) -> str:
-        """Write directory/config.json (how to rebuild, plain JSON) and directory/weights.pt (tensors only)."""
+        """Write a pretrained folder: minidiff.json (how to rebuild, plain JSON) and one safetensors file per
+        network (unet, autoencoder, text_encoder), atomically as a whole (see pretrained.write_folder).
+        ``md.load_pretrained`` and ``minidiff sample --checkpoint DIR --prompt ...`` read it."""
+        from .pretrained import FORMAT, FORMAT_VERSION, finite_weights, write_folder
         specs = {name: model_spec(part) for name, part in (("autoencoder", self.autoencoder), ("unet", self.unet))}
         for name, spec in specs.items():
             if spec["kwargs"] is None:
                 raise ValueError(f"the {name} ({spec['class']}) does not record its constructor arguments: build it "
                                  f"with md.model_table.build_model(...) or TextToImage.build(...)")
-        config = {"minidiff_version": __version__, "pipeline": "TextToImage", **specs,
-                  "text_encoder": self.text_encoder.to_config(), "tokenizer": self.tokenizer.to_config(),
-                  "schedule": self.schedule.to_config(), "latent_scale": self.latent_scale,
-                  "image_size": self.image_size, "image_padding": self.image_padding}
-        weights = {name: {k: v.detach().cpu().clone() for k, v in part.state_dict().items()}
-                   for name, part in (("autoencoder", self.autoencoder), ("unet", self.unet),
-                                      ("text_encoder", self.text_encoder))}
-        for name, state in weights.items():
-            for key, tensor in state.items():
-                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                    raise FloatingPointError(f"refusing to save: {name}[{key!r}] is not finite")
-        os.makedirs(directory, exist_ok=True)
-        atomic_torch_save(weights, os.path.join(directory, WEIGHTS_NAME))
-        atomic_write_text(json.dumps(config, indent=1), os.path.join(directory, CONFIG_NAME))
+        parts = {"unet": self.unet, "autoencoder": self.autoencoder, "text_encoder": self.text_encoder}
+        components = {name: f"{name}.safetensors" for name in parts}
+        index = {"format": FORMAT, "format_version": FORMAT_VERSION, "minidiff_version": __version__,
+                 "pipeline": "TextToImage", "model": specs["unet"], "autoencoder": specs["autoencoder"],
+                 "text_encoder": self.text_encoder.to_config(), "tokenizer": self.tokenizer.to_config(),
+                 "schedule": self.schedule.to_config(), "sde": None, "prediction_type": "epsilon",
+                 "latent_scale": self.latent_scale, "image_size": self.image_size,
+                 "image_padding": self.image_padding, "weights": components["unet"], "components": components}
+        write_folder(directory, index, {components[name]: finite_weights(part, directory)
+                                        for name, part in parts.items()})
         return directory
 
     @classmethod
     def load_pretrained(cls, directory: str, device: Union[str, torch.device] = "cpu") -> "TextToImage":
-        """Rebuild a pipeline written by save_pretrained (weights read with weights_only=True), in eval mode."""
-        with open(os.path.join(directory, CONFIG_NAME)) as f:
-            config = json.load(f)
-        if config.get("pipeline") != "TextToImage":
-            raise ValueError(f"{directory}/{CONFIG_NAME} does not describe a TextToImage pipeline")
-        weights = torch.load(os.path.join(directory, WEIGHTS_NAME), map_location="cpu", weights_only=True)
+        """Rebuild a pipeline written by save_pretrained, in eval mode. Weights are read as in
+        ``md.load_pretrained`` (safetensors, checksums); an older folder's config.json + weights.pt is read
+        with torch.load(weights_only=True) only."""
+        from .file_io import CheckpointError, safe_torch_load
+        from .pretrained import INDEX_NAME, read_index, read_weights
+        if not os.path.isfile(os.path.join(directory, INDEX_NAME)) and \
+                os.path.isfile(os.path.join(directory, OLD_CONFIG_NAME)):             # an older folder
+            with open(os.path.join(directory, OLD_CONFIG_NAME)) as f:
+                config = json.load(f)
+            if config.get("pipeline") != "TextToImage":
+                raise CheckpointError(f"{directory}/{OLD_CONFIG_NAME} does not describe a TextToImage pipeline")
+            old_weights = safe_torch_load(os.path.join(directory, OLD_WEIGHTS_NAME), what="weights file")
+            weights = {name: old_weights[name] for name in ("autoencoder", "unet", "text_encoder")}
+            config["model"] = config["unet"]
+        else:
+            config = read_index(directory)
+            components = config.get("components")
+            if config.get("pipeline") != "TextToImage" or not isinstance(components, dict):
+                raise CheckpointError(f"{directory}/{INDEX_NAME} does not describe a TextToImage pipeline")
+            weights = {name: read_weights(directory, config, components.get(name))
+                       for name in ("autoencoder", "unet", "text_encoder")}
         autoencoder = build_model(config["autoencoder"]["class"], **decode_kwargs(config["autoencoder"]["kwargs"]))
-        unet = build_model(config["unet"]["class"], **decode_kwargs(config["unet"]["kwargs"]))
+        unet = build_model(config["model"]["class"], **decode_kwargs(config["model"]["kwargs"]))
         text_encoder = TextEncoder(**{"mask_padding": False, **config["text_encoder"]})  # older files: no mask
         for name, part in (("autoencoder", autoencoder), ("unet", unet), ("text_encoder", text_encoder)):
-            part.load_state_dict(weights[name])
+            try:
+                part.load_state_dict(weights[name])
+            except RuntimeError as error:
+                raise CheckpointError(f"{directory}: the {name} weights do not fit its recorded settings: "
+                                      f"{error}") from None
         pipe = cls(autoencoder, unet, text_encoder, Tokenizer.from_config(config["tokenizer"]),
                    NoiseSchedule.from_config(config["schedule"]), config["latent_scale"],
                    config["image_size"], config["image_padding"])

@@ -231,3 +231,5 @@ def test_cli_samples_from_a_folder_and_refuses_one_without_index(tmp_path, capsy
     assert main(["sample", "--checkpoint", str(tmp_path / "empty"), "--n", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "empty" in err[0] and "no minidiff.json" in err[0]
+    assert main(["sample", "--checkpoint", str(tmp_path / "m"), "--n", "2", "--prompt", "red apple"]) == 2
+    assert "--prompt needs a text-to-image pipeline folder" in capsys.readouterr().err

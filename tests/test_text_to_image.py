@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 import minidiff as md
+from minidiff.cli import main
 from minidiff.data import CLASS_NAMES, COLOR_NAMES, ProceduralSprites
 from minidiff.metrics.features import FeatureClassifier
 from minidiff.nn import AutoEncoder
@@ -109,15 +111,48 @@ def test_guidance_scale_zero_is_unconditional_and_one_is_conditional(pipe):
 
 def test_save_load_round_trip_is_bit_identical(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "p")
-    with open(tmp_path / "p" / "config.json") as f:
+    with open(tmp_path / "p" / "minidiff.json") as f:
         config = json.load(f)                                                  # plain JSON
-    assert config["unet"]["class"] == "LatentScoreUNet" and config["latent_scale"] == pipe.latent_scale
-    torch.load(tmp_path / "p" / "weights.pt", weights_only=True)               # tensors only, no pickled code
+    assert config["model"]["class"] == "LatentScoreUNet" and config["latent_scale"] == pipe.latent_scale
+    assert sorted(os.listdir(tmp_path / "p")) == ["autoencoder.safetensors", "minidiff.json",
+                                                  "text_encoder.safetensors", "unet.safetensors"]
+    assert load_file(tmp_path / "p" / "unet.safetensors").keys() == pipe.unet.state_dict().keys()
     again = TextToImage.load_pretrained(tmp_path / "p")
     assert again.latent_scale == pipe.latent_scale and again.image_padding == 4
     assert torch.equal(again.schedule.betas, pipe.schedule.betas)
     prompts = ["green apple with a leaf", "brown side-facing cat facing left"]
     assert torch.equal(again(prompts, steps=3, generator=generator(2)), pipe(prompts, steps=3, generator=generator(2)))
+
+
+def test_the_folder_loads_through_load_pretrained_and_the_cli(pipe, tmp_path, capsys):
+    pipe.save_pretrained(tmp_path / "p")
+    loaded, schedule = md.load_pretrained(tmp_path / "p")
+    assert isinstance(loaded, TextToImage) and torch.equal(schedule.betas, pipe.schedule.betas)
+    assert torch.equal(loaded("red apple", steps=2, generator=generator(1)),
+                       pipe("red apple", steps=2, generator=generator(1)))
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(tmp_path / "p"), "--prompt", "red apple", "--n", "2",
+                 "--steps", "2", "--device", "cpu", "--out", str(out)]) == 0
+    assert Image.open(out).size[0] > 16
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(tmp_path / "p"), "--n", "2"]) == 2     # a prompt is needed
+    assert "--prompt" in capsys.readouterr().err
+
+
+def test_an_older_config_json_and_weights_pt_folder_still_loads(pipe, tmp_path):
+    folder = tmp_path / "old"
+    folder.mkdir()
+    config = {"minidiff_version": "0.1.0", "pipeline": "TextToImage",
+              "autoencoder": pipe.autoencoder.minidiff_spec, "unet": pipe.unet.minidiff_spec,
+              "text_encoder": pipe.text_encoder.to_config(), "tokenizer": pipe.tokenizer.to_config(),
+              "schedule": pipe.schedule.to_config(), "latent_scale": pipe.latent_scale,
+              "image_size": pipe.image_size, "image_padding": pipe.image_padding}
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.save({name: getattr(pipe, name).state_dict() for name in ("autoencoder", "unet", "text_encoder")},
+               folder / "weights.pt")
+    again = TextToImage.load_pretrained(folder)
+    assert torch.equal(again("red apple", steps=2, generator=generator(1)),
+                       pipe("red apple", steps=2, generator=generator(1)))
 
 
 def test_save_needs_recorded_constructor_arguments(pipe, tmp_path):
@@ -137,11 +172,11 @@ def test_bad_arguments_fail_loudly(pipe):
 
 def test_loading_a_file_without_mask_padding_keeps_the_unmasked_encoder(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "p")
-    with open(tmp_path / "p" / "config.json") as f:
+    with open(tmp_path / "p" / "minidiff.json") as f:
         config = json.load(f)
     assert config["text_encoder"]["mask_padding"] is True
     del config["text_encoder"]["mask_padding"]                                 # a file from before the mask
-    with open(tmp_path / "p" / "config.json", "w") as f:
+    with open(tmp_path / "p" / "minidiff.json", "w") as f:
         json.dump(config, f)
     assert TextToImage.load_pretrained(tmp_path / "p").text_encoder.mask_padding is False
 
