@@ -63,6 +63,7 @@ BASELINE_COLUMNS = [("device", "device"), ("model", "network"), ("mode", "minidi
 OVERHEAD_COLUMNS = [("device", "device"), ("batch", "batch"), ("sampler", "sampler"),
                     ("step_ms", "md.sample ms/step"), ("forward_ms", "network forward ms"),
                     ("null_step_us", "do-nothing network us/step"), ("overhead_percent", "overhead %"),
+                    ("stepper_null_step_us", "Stepper loop us/step"), ("stepper_overhead_percent", "Stepper %"),
                     ("overhead_percent_forward", "(step - forward) / step %")]
 QUALITY_COLUMNS = [("device", "device"), ("model", "model"), ("n", "samples"), ("sampler", "sampler"),
                    ("fast_bf16", "fast runs bf16"), ("max_abs_diff", "max |fp32 - fast|"),
@@ -170,6 +171,9 @@ def sampler_overhead(network, sampler: str, x_T, budget_s: float, repeats: int) 
     null = common.measure(lambda: run_minidiff(null_network, SCHEDULE, sampler, x_T), device, warmup=1,
                           repeats=max(repeats, 5))
     null_step_s = null.median / total
+    null_stepper = common.measure(lambda: run_stepper(null_network, SCHEDULE, sampler, x_T), device, warmup=1,
+                                  repeats=max(repeats, 5))
+    null_stepper_step_s = null_stepper.median / total
     warm = common.time_call(lambda: run_minidiff(network, SCHEDULE, sampler, x_T, 1), device)
     n, repeats = steps_within(budget_s / 2, warm, total, repeats)
 
@@ -184,11 +188,14 @@ def sampler_overhead(network, sampler: str, x_T, budget_s: float, repeats: int) 
            "repeats": repeats, "step_ms": step_s * 1e3, "forward_ms": forward_s * 1e3,
            "null_step_us": null_step_s * 1e6, "overhead_percent": 100 * null_step_s / step_s,
            "overhead_percent_forward": 100 * (step_s - forward_s) / step_s,
+           "stepper_null_step_us": null_stepper_step_s * 1e6,
+           "stepper_overhead_percent": 100 * null_stepper_step_s / step_s,
            "step_times_s": timings["step"].times, "forward_times_s": timings["forward"].times,
            "null_times_s": null.times}
     common.log(f"[overhead] {row['device']} {row['sampler']} batch {row['batch']}: do-nothing network "
                f"{row['null_step_us']:.1f} us/step = {row['overhead_percent']:.2f}% of a {row['step_ms']:.2f} ms step; "
-               f"(step - forward) / step = {row['overhead_percent_forward']:.2f}%")
+               f"(step - forward) / step = {row['overhead_percent_forward']:.2f}%; md.Stepper loop "
+               f"{row['stepper_null_step_us']:.1f} us/step = {row['stepper_overhead_percent']:.2f}%")
     return row
 
 
@@ -251,6 +258,16 @@ def fast_quality(device, network=None, checkpoint: Optional[str] = QUICK_CHECKPO
                f"FD(fp32, fast) {row['fd_fp32_vs_fast']:.4g} "
                f"vs FD(fp32, fp32 other x_T) {row['fd_fp32_vs_fp32_other_seed']:.4g} ({row['seconds']:.1f} s)")
     return row
+
+
+def run_stepper(model, schedule, sampler: str, x_T) -> None:
+    """The same run as run_minidiff, written by hand over md.Stepper (the courses' loop style)."""
+    spacing = "trailing" if sampler == "ddim" else "leading"
+    stepper = md.Stepper(schedule, sampler, steps=SAMPLERS[sampler] or schedule.T, spacing=spacing)
+    x = x_T * stepper.init_noise_sigma
+    with torch.no_grad():
+        for i in stepper.timesteps:
+            x = stepper.step(model(x, stepper.model_time(i, x)), i, x)
 
 
 def null_network(x, t, context=None):
@@ -388,6 +405,11 @@ def targets(devices, rows, baseline_rows, overhead_rows, quality_rows, flops_per
                 "md.sample per-step time with a do-nothing network / with the real ContextUnet, same batch; "
                 "the second number: md.sample step vs the bare network forward, interleaved (noisier)",
                 row["overhead_percent"], 5.0)
+            add(f"{device}: md.Stepper loop overhead outside the network, {row['sampler']} batch {row['batch']}",
+                f"{_pct(row['stepper_overhead_percent'])} ({row['stepper_null_step_us']:.1f} us of "
+                f"{row['step_ms']:.2f} ms/step)", "<= 5% of the step", row["stepper_overhead_percent"] <= 5.0,
+                "a hand-written loop over md.Stepper with a do-nothing network / md.sample's step with the real "
+                "ContextUnet, same batch", row["stepper_overhead_percent"], 5.0)
         # 2. fp32 vs the course's loop
         fp32 = [r for r in baseline_rows if r["device"] == device and r["mode"] == "eager"
                 and r["model"].startswith("ContextUnet")]

@@ -16,7 +16,7 @@ from .guidance import Denoiser, guided_output, null_context_like
 from .likelihood import log_likelihood
 from .losses import diffusion_loss, dsm_loss
 from .pretrained import load_pretrained, save_pretrained
-from .samplers import SAMPLERS, ddim_invert, sample
+from .samplers import SAMPLERS, ddim_invert, ddim_step, ddpm_step, dpmpp_2m_step, euler_step, heun_step, sample
 from .schedule import (
     NoiseSchedule,
     eps_from_x0,
@@ -27,12 +27,14 @@ from .schedule import (
 )
 from .sde import SDE, VESDE, VPSDE, SubVPSDE, as_score_model, sde_from_config
 from .sde_samplers import sde_sample
+from .stepper import Stepper
 from .text import TextEncoder, Tokenizer
 from .text_to_image import TextToImage
 from .train import TrainConfig, Trainer
 
 __all__ = [
-    "NoiseSchedule", "sample", "SAMPLERS", "ddim_invert",
+    "NoiseSchedule", "sample", "SAMPLERS", "ddim_invert", "Stepper",
+    "ddpm_step", "ddim_step", "dpmpp_2m_step", "euler_step", "heun_step",
     "Denoiser", "guided_output", "null_context_like", "diffusion_loss", "dsm_loss",
     "x0_from_eps", "eps_from_x0", "v_from_x0_eps", "x0_eps_from_v", "x0_eps_from_output",
     "SDE", "VESDE", "VPSDE", "SubVPSDE", "sde_sample", "log_likelihood", "as_score_model", "sde_from_config",

@@ -80,6 +80,10 @@ class Denoiser:
         t = torch.full((x.shape[0],), (float(i) + 1) / self.schedule.T, device=x.device, dtype=x.dtype)
         output = guided_output(self.model, x, t, self.context, self.guidance_scale, self.uncond_context)
         self.nfe += 1
+        return self.from_output(output, x, alpha_bar)
+
+    def from_output(self, output: Tensor, x: Tensor, alpha_bar: float) -> Tuple[Tensor, Tensor]:
+        """The network's (guided) output at x, noise level alpha_bar -> (x0_pred, eps_pred), clipped as asked."""
         x0, eps = x0_eps_from_output(output, x, alpha_bar, self.prediction_type)
         if self.clip_x0 or self.dynamic_threshold is not None:
             x0 = self._threshold(x0)

@@ -9,9 +9,13 @@ Every sampler is one plain function with the same signature
 `callback(info)` is called after each step with {"step", "i", "x", "x0_pred"}. Choosing a sampler
 by name is the dict SAMPLERS at the bottom, nothing else.
 
-Symbols (as in schedule.py): alpha_bar = prod(1 - beta); alpha_bar_prev is alpha_bar at the NEXT
-grid point, where the sampler lands (1.0 after the last one: a clean x0); sigma = sqrt((1 - alpha_bar) /
-alpha_bar); lambda_ = log-SNR.
+Each sampler's update is a public one-step function (ddpm_step, ddim_step, dpmpp_2m_step, euler_step,
+heun_step): the loops here and the Stepper (stepper.py) call the same code.
+
+Symbols (as in schedule.py): alpha_bar = prod(1 - beta) at the current grid point; alpha_bar_prev is
+alpha_bar at the NEXT grid point, where the step lands (Ho et al.'s "t-1"; 1.0 after the last one: a
+clean x0); sigma_ve = sqrt((1 - alpha_bar) / alpha_bar), the noise level in "variance exploding" units
+(Karras et al.); sigma (DDIM) is the std of the noise a step adds; lambda_ = log-SNR.
 """
 
 from __future__ import annotations
@@ -46,35 +50,50 @@ def _next_alpha_bar(schedule: NoiseSchedule, timesteps: Sequence, k: int) -> flo
 
 
 # ------------------------------------------------------------------------------------------ DDPM
-def ddpm(denoise, x, schedule, timesteps, generator=None, callback=None,
-         variance: Variance = "beta", add_noise: bool = True) -> Tensor:
-    """Ancestral sampling, Ho et al. 2020, Algorithm 2.
+def ddpm_step(x, x0_pred, alpha_bar: float, alpha_bar_prev: float, generator=None,
+              variance: Variance = "beta", add_noise: bool = True) -> Tensor:
+    """One ancestral step from alpha_bar to alpha_bar_prev (Ho et al. 2020, Algorithm 2, line 4).
 
     x_{prev} = posterior_mean(x0_pred, x) + sigma z with sigma^2 = beta ("beta", the sprites course) or
     the posterior variance ("posterior"). On a grid coarser than every step, beta is the beta of the
-    jump, 1 - alpha_bar / alpha_bar_prev (Nichol & Dhariwal 2021, Sec. 4). No noise on the last step.
-    add_noise=False drops z everywhere: the course's "sampling without the extra noise" collapse.
+    jump, 1 - alpha_bar / alpha_bar_prev (Nichol & Dhariwal 2021, Sec. 4). No noise on the step to
+    alpha_bar_prev = 1. add_noise=False drops z: the course's "sampling without the extra noise" collapse.
     """
+    beta = 1 - alpha_bar / alpha_bar_prev                                  # beta of this jump
+    # Posterior mean, Ho et al. Eq. 7 (equal to Eq. 11's eps form when x0_pred is not clipped).
+    mean = (math.sqrt(alpha_bar_prev) * beta / (1 - alpha_bar)) * x0_pred \
+        + (math.sqrt(1 - beta) * (1 - alpha_bar_prev) / (1 - alpha_bar)) * x
+    if alpha_bar_prev == 1.0 or not add_noise:
+        return mean
+    var = beta if variance == "beta" else beta * (1 - alpha_bar_prev) / (1 - alpha_bar)
+    return mean + math.sqrt(var) * _randn_like(x, generator)
+
+
+def ddpm(denoise, x, schedule, timesteps, generator=None, callback=None,
+         variance: Variance = "beta", add_noise: bool = True) -> Tensor:
+    """Ancestral sampling, Ho et al. 2020, Algorithm 2: ddpm_step on every grid point."""
     timesteps = timesteps.tolist()
     for k, i in enumerate(timesteps):
-        alpha_bar = _alpha_bar(schedule, i)
-        alpha_bar_prev = _next_alpha_bar(schedule, timesteps, k)
-        beta = 1 - alpha_bar / alpha_bar_prev                              # beta of this jump
-        x0_pred, eps_pred = denoise(x, i, alpha_bar)
-        # Posterior mean, Ho et al. Eq. 7 (equal to Eq. 11's eps form when x0_pred is not clipped).
-        mean = (math.sqrt(alpha_bar_prev) * beta / (1 - alpha_bar)) * x0_pred \
-            + (math.sqrt(1 - beta) * (1 - alpha_bar_prev) / (1 - alpha_bar)) * x
-        if k + 1 < len(timesteps) and add_noise:
-            var = beta if variance == "beta" else beta * (1 - alpha_bar_prev) / (1 - alpha_bar)
-            x = mean + math.sqrt(var) * _randn_like(x, generator)
-        else:
-            x = mean
+        alpha_bar, alpha_bar_prev = _alpha_bar(schedule, i), _next_alpha_bar(schedule, timesteps, k)
+        x0_pred, _ = denoise(x, i, alpha_bar)
+        x = ddpm_step(x, x0_pred, alpha_bar, alpha_bar_prev, generator, variance, add_noise)
         if callback:
             callback({"step": k, "i": i, "x": x, "x0_pred": x0_pred})
     return x
 
 
 # ------------------------------------------------------------------------------------------ DDIM
+def ddim_step(x, x0_pred, eps_pred, alpha_bar: float, alpha_bar_prev: float, eta: float = 0.0,
+              generator=None) -> Tensor:
+    """One DDIM step from alpha_bar to alpha_bar_prev: Song, Meng & Ermon 2021, Eq. 12, sigma from Eq. 16."""
+    sigma = eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev))
+    direction = math.sqrt(max(1 - alpha_bar_prev - sigma**2, 0.0)) * eps_pred   # "direction pointing to x_t"
+    x = math.sqrt(alpha_bar_prev) * x0_pred + direction
+    if sigma > 0:
+        x = x + sigma * _randn_like(x, generator)
+    return x
+
+
 def ddim(denoise, x, schedule, timesteps, generator=None, callback=None, eta: float = 0.0) -> Tensor:
     """Song, Meng & Ermon 2021 (DDIM), Eq. 12, with sigma from Eq. 16.
 
@@ -83,20 +102,37 @@ def ddim(denoise, x, schedule, timesteps, generator=None, callback=None, eta: fl
     """
     timesteps = timesteps.tolist()
     for k, i in enumerate(timesteps):
-        alpha_bar = _alpha_bar(schedule, i)
-        alpha_bar_prev = _next_alpha_bar(schedule, timesteps, k)
+        alpha_bar, alpha_bar_prev = _alpha_bar(schedule, i), _next_alpha_bar(schedule, timesteps, k)
         x0_pred, eps_pred = denoise(x, i, alpha_bar)
-        sigma = eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev))
-        direction = math.sqrt(max(1 - alpha_bar_prev - sigma**2, 0.0)) * eps_pred   # "direction pointing to x_t"
-        x = math.sqrt(alpha_bar_prev) * x0_pred + direction
-        if sigma > 0:
-            x = x + sigma * _randn_like(x, generator)
+        x = ddim_step(x, x0_pred, eps_pred, alpha_bar, alpha_bar_prev, eta, generator)
         if callback:
             callback({"step": k, "i": i, "x": x, "x0_pred": x0_pred})
     return x
 
 
 # ------------------------------------------------------------------------------------------ DPM-Solver++(2M)
+def dpmpp_2m_step(x, x0_pred, alpha_bar: float, alpha_bar_prev: float, x0_older: Optional[Tensor] = None,
+                  h_older: Optional[float] = None):
+    """One DPM-Solver++(2M) step from alpha_bar to alpha_bar_prev; returns (x, h) for the next step's memory.
+
+    x0_older, h_older: the previous step's x0_pred and h (None on the first step: first order, = DDIM).
+    h is None after the final step to alpha_bar_prev = 1, where the update is x = x0_pred.
+    """
+    if alpha_bar_prev == 1.0:
+        return x0_pred, None                                              # sigma_next = 0: land on the data
+    alpha_next, sigma_next = math.sqrt(alpha_bar_prev), math.sqrt(1 - alpha_bar_prev)
+    sigma_cur = math.sqrt(1 - alpha_bar)
+    lambda_cur = 0.5 * math.log(alpha_bar / (1 - alpha_bar))
+    lambda_next = 0.5 * math.log(alpha_bar_prev / (1 - alpha_bar_prev))
+    h = lambda_next - lambda_cur
+    if x0_older is None:
+        D = x0_pred                                                       # first order (DPM-Solver++(1) = DDIM)
+    else:
+        r = h_older / h
+        D = (1 + 1 / (2 * r)) * x0_pred - (1 / (2 * r)) * x0_older
+    return (sigma_next / sigma_cur) * x - alpha_next * math.expm1(-h) * D, h
+
+
 def dpmpp_2m(denoise, x, schedule, timesteps, generator=None, callback=None) -> Tensor:
     """DPM-Solver++(2M), Lu et al. 2022 ("DPM-Solver++"), Algorithm 2: multistep, data prediction, in lambda.
 
@@ -109,57 +145,54 @@ def dpmpp_2m(denoise, x, schedule, timesteps, generator=None, callback=None) -> 
     DPMSolverMultistepScheduler(solver_order=2, lower_order_final=True) run it.
     """
     timesteps = timesteps.tolist()
-    x0_prev, h_prev = None, None
+    x0_older, h_older = None, None
     for k, i in enumerate(timesteps):
-        alpha_bar = _alpha_bar(schedule, i)
-        alpha_bar_next = _next_alpha_bar(schedule, timesteps, k)
+        alpha_bar, alpha_bar_prev = _alpha_bar(schedule, i), _next_alpha_bar(schedule, timesteps, k)
         x0_pred, _ = denoise(x, i, alpha_bar)
-        if alpha_bar_next == 1.0:
-            x = x0_pred                                                   # sigma_next = 0: land on the data
-        else:
-            alpha_next, sigma_next = math.sqrt(alpha_bar_next), math.sqrt(1 - alpha_bar_next)
-            sigma_cur = math.sqrt(1 - alpha_bar)
-            lambda_cur = 0.5 * math.log(alpha_bar / (1 - alpha_bar))
-            lambda_next = 0.5 * math.log(alpha_bar_next / (1 - alpha_bar_next))
-            h = lambda_next - lambda_cur
-            if x0_prev is None:
-                D = x0_pred                                               # first order (DPM-Solver++(1) = DDIM)
-            else:
-                r = h_prev / h
-                D = (1 + 1 / (2 * r)) * x0_pred - (1 / (2 * r)) * x0_prev
-            x = (sigma_next / sigma_cur) * x - alpha_next * math.expm1(-h) * D
-            h_prev = h
-        x0_prev = x0_pred
+        x, h_older = dpmpp_2m_step(x, x0_pred, alpha_bar, alpha_bar_prev, x0_older, h_older)
+        x0_older = x0_pred
         if callback:
             callback({"step": k, "i": i, "x": x, "x0_pred": x0_pred})
     return x
 
 
 # ------------------------------------------------------------------------------------------ Karras et al. 2022
+# Karras et al. 2022, Algorithm 1 on dx_ve/dsigma_ve = (x_ve - D(x_ve; sigma_ve)) / sigma_ve, in "variance
+# exploding" units x_ve = x / sqrt(alpha_bar) = x0 + sigma_ve eps, sigma_ve = sqrt((1 - alpha_bar) / alpha_bar).
+# The step functions take and return x in the sampler's own (variance-preserving) units.
+def _derivative(x, x0_pred, alpha_bar: float) -> Tensor:
+    """d = (x_ve - D(x_ve; sigma_ve)) / sigma_ve, in VE units."""
+    return (x / math.sqrt(alpha_bar) - x0_pred) / math.sqrt((1 - alpha_bar) / alpha_bar)
+
+
+def euler_step(x, x0_pred, alpha_bar: float, alpha_bar_prev: float) -> Tensor:
+    """One Euler step of Karras et al. 2022, Algorithm 1 (lines 4-5), from alpha_bar to alpha_bar_prev."""
+    sigma_ve, sigma_ve_next = math.sqrt((1 - alpha_bar) / alpha_bar), math.sqrt((1 - alpha_bar_prev) / alpha_bar_prev)
+    x_ve_next = x / math.sqrt(alpha_bar) + (sigma_ve_next - sigma_ve) * _derivative(x, x0_pred, alpha_bar)
+    return x_ve_next * math.sqrt(alpha_bar_prev)
+
+
+def heun_step(x, x0_pred, x_euler, x0_pred_euler, alpha_bar: float, alpha_bar_prev: float) -> Tensor:
+    """Heun's correction, Karras et al. 2022, Algorithm 1 (lines 6-8): x_euler = euler_step(x, ...), and
+    x0_pred_euler the network's x0 at x_euler (its second call). Not taken on a step to alpha_bar_prev = 1."""
+    sigma_ve, sigma_ve_next = math.sqrt((1 - alpha_bar) / alpha_bar), math.sqrt((1 - alpha_bar_prev) / alpha_bar_prev)
+    d, d_next = _derivative(x, x0_pred, alpha_bar), _derivative(x_euler, x0_pred_euler, alpha_bar_prev)
+    x_ve_next = x / math.sqrt(alpha_bar) + (sigma_ve_next - sigma_ve) * 0.5 * (d + d_next)
+    return x_ve_next * math.sqrt(alpha_bar_prev)
+
+
 def _karras_loop(denoise, x, schedule, timesteps, callback, second_order: bool) -> Tensor:
-    """Karras et al. 2022, Algorithm 1 (Euler, or Heun when second_order) on dx/dsigma = (x - D(x; sigma)) / sigma.
-
-    Works on x_ve = x / sqrt(alpha_bar) = x0 + sigma eps ("variance exploding" units); the denoiser
-    D(x_ve; sigma) asks the network at x_ve / sqrt(1 + sigma^2). The grid ends at sigma = 0.
-    """
-    grid = [(i, math.sqrt(1 / _alpha_bar(schedule, i) - 1)) for i in timesteps.tolist()] + [(None, 0.0)]
-
-    def derivative(x_ve, i, sigma):
-        alpha_bar = 1 / (1 + sigma**2)
-        x0_pred, _ = denoise(x_ve * math.sqrt(alpha_bar), i, alpha_bar)
-        return (x_ve - x0_pred) / sigma, x0_pred                          # d = (x - D(x; sigma)) / sigma
-
-    x = x * math.sqrt(1 + grid[0][1] ** 2)                                # x_T ~ N(0, I) in VE units
-    for k in range(len(grid) - 1):
-        (i, sigma), (i_next, sigma_next) = grid[k], grid[k + 1]
-        d, x0_pred = derivative(x, i, sigma)
-        x_next = x + (sigma_next - sigma) * d                             # Euler step
-        if second_order and sigma_next > 0:
-            d_next, _ = derivative(x_next, i_next, sigma_next)
-            x_next = x + (sigma_next - sigma) * 0.5 * (d + d_next)        # Heun correction
+    timesteps = timesteps.tolist()
+    for k, i in enumerate(timesteps):
+        alpha_bar, alpha_bar_prev = _alpha_bar(schedule, i), _next_alpha_bar(schedule, timesteps, k)
+        x0_pred, _ = denoise(x, i, alpha_bar)
+        x_next = euler_step(x, x0_pred, alpha_bar, alpha_bar_prev)
+        if second_order and alpha_bar_prev < 1.0:
+            x0_pred_euler, _ = denoise(x_next, timesteps[k + 1], alpha_bar_prev)
+            x_next = heun_step(x, x0_pred, x_next, x0_pred_euler, alpha_bar, alpha_bar_prev)
         x = x_next
         if callback:
-            callback({"step": k, "i": i, "x": x / math.sqrt(1 + sigma_next**2), "x0_pred": x0_pred})
+            callback({"step": k, "i": i, "x": x, "x0_pred": x0_pred})
     return x
 
 
