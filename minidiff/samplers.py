@@ -221,9 +221,9 @@ def ddim_invert(model, schedule: NoiseSchedule, x0: Tensor, steps: int = 50, con
     x = x0
     for k in tqdm(range(len(ascending)), disable=not progress, desc="ddim_invert"):
         i = ascending[k]                                                  # eps is read at the grid point ahead,
-        _, eps_pred = denoise(x, i, float(schedule.alphas_cumprod[i]))    # mirroring the sampler's use of eps(x_i)
-        alpha_bar_cur = float(schedule.alphas_cumprod[ascending[k - 1]]) if k > 0 else 1.0
-        alpha_bar = float(schedule.alphas_cumprod[i])
+        alpha_bar = _alpha_bar(schedule, i)                               # (fractional on the "karras" grid)
+        _, eps_pred = denoise(x, i, alpha_bar)                            # mirroring the sampler's use of eps(x_i)
+        alpha_bar_cur = _alpha_bar(schedule, ascending[k - 1]) if k > 0 else 1.0
         x0_pred = (x - math.sqrt(1 - alpha_bar_cur) * eps_pred) / math.sqrt(alpha_bar_cur)
         x = math.sqrt(alpha_bar) * x0_pred + math.sqrt(1 - alpha_bar) * eps_pred
     return x

@@ -193,7 +193,9 @@ def test_bench_sampling_smoke(tmp_path):
     targets = data["tables"]["Targets"]["rows"]
     names = [r["target"] for r in targets]
     expected = ["cpu: sampler overhead outside the network, ddpm-500 batch 2",
+                "cpu: md.Stepper loop overhead outside the network, ddpm-500 batch 2",
                 "cpu: sampler overhead outside the network, ddim-25 batch 2",
+                "cpu: md.Stepper loop overhead outside the network, ddim-25 batch 2",
                 "cpu: fp32 md.sample vs the course loop, ddpm-500 batch 1",
                 "cpu: fp32 md.sample vs the course loop, ddim-25 batch 1",
                 "cpu: fast mode vs the course loop (fp32), ddpm-500 batch 2",
@@ -217,7 +219,7 @@ def test_bench_sampling_smoke(tmp_path):
 
     summary_parts = split_section(text.splitlines(), "## Targets")
     assert summary_parts[0][0] == "## Targets" and "## Targets" not in summary_parts[1]
-    assert len([line for line in summary_parts[0] if line.startswith("| cpu: ")]) == 7
+    assert len([line for line in summary_parts[0] if line.startswith("| cpu: ")]) == 9
 
 
 def test_fast_mode_runs_and_falls_back(monkeypatch):
