@@ -255,6 +255,7 @@ def sample(model, schedule: NoiseSchedule, shape, sampler: str = "ddim", steps: 
     """
     shape, timesteps = _check_arguments(schedule, shape, sampler, steps, spacing, eta, variance, guidance_scale,
                                         context, dynamic_threshold, prediction_type)
+    check_sampler_options(sampler, eta, variance, add_noise)
     device, dtype = _device_and_dtype(model, device, dtype, x_T)
     x = _starting_noise(shape, x_T, generator, device, dtype)                # x_T ~ N(0, I)
     context = context.to(device) if context is not None else None
@@ -291,6 +292,15 @@ def sample(model, schedule: NoiseSchedule, shape, sampler: str = "ddim", steps: 
         trajectory["nfe"] = denoise.nfe
         return x, trajectory
     return x
+
+
+def check_sampler_options(sampler: str, eta: float, variance: str, add_noise: bool) -> None:
+    """An option the sampler does not use must keep its default: a set value would be silently ignored."""
+    used = {"ddpm": ("variance", "add_noise"), "ddim": ("eta",)}.get(sampler, ())
+    for name, value, default in (("eta", eta, 0.0), ("variance", variance, "beta"), ("add_noise", add_noise, True)):
+        if name not in used and value != default:
+            raise ValueError(f"{name}={value!r} has no effect with sampler {sampler!r} (only "
+                             f"{'ddim' if name == 'eta' else 'ddpm'} uses it): leave it at {default!r}")
 
 
 def _check_arguments(schedule, shape, sampler, steps, spacing, eta, variance, guidance_scale, context,

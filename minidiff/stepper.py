@@ -41,6 +41,7 @@ class Stepper:
                  dynamic_threshold: Optional[float] = None):
         _, grid = S._check_arguments(schedule, (1, 1), sampler, steps, spacing, eta, variance, None, None,
                                      dynamic_threshold, prediction_type)
+        S.check_sampler_options(sampler, eta, variance, add_noise)
         self.schedule, self.sampler, self.prediction_type = schedule, sampler, prediction_type
         self.eta, self.variance, self.add_noise_in_step = eta, variance, add_noise
         self._convert = Denoiser(None, schedule, prediction_type, clip_x0=clip_x0,

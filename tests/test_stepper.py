@@ -72,3 +72,13 @@ def test_stepper_checks_its_arguments():
         md.Stepper(SCHEDULE, "plms")
     with pytest.raises(ValueError, match="spacing"):
         md.Stepper(SCHEDULE, "ddim", spacing="uniform")
+
+
+@pytest.mark.parametrize("sampler, option", [("dpmpp_2m", {"eta": 0.5}), ("ddim", {"variance": "posterior"}),
+                                             ("euler", {"add_noise": False}), ("ddpm", {"eta": 1.0})])
+def test_an_option_the_sampler_does_not_use_is_an_error(sampler, option):
+    name = next(iter(option))
+    with pytest.raises(ValueError, match=f"{name}=.*{sampler}"):
+        md.sample(TinyNet(), SCHEDULE, (1, 1, 4, 4), sampler, steps=3, progress=False, **option)
+    with pytest.raises(ValueError, match=f"{name}=.*{sampler}"):
+        md.Stepper(SCHEDULE, sampler, steps=3, **option)
