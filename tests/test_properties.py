@@ -138,9 +138,10 @@ def shapes(min_rank=2, max_rank=5):
 def test_sample_returns_the_requested_shape_finite(shape, sampler, spacing, steps, prediction_type, guidance, eta,
                                                    seed):
     context = torch.randn(shape[0], 2) if guidance is not None else None
-    x, trajectory = md.sample(EPS_MODEL, SCHEDULE, shape, sampler=sampler, steps=steps, spacing=spacing, eta=eta,
+    x, trajectory = md.sample(EPS_MODEL, SCHEDULE, shape, sampler=sampler, steps=steps, spacing=spacing,
                               prediction_type=prediction_type, context=context, guidance_scale=guidance,
-                              generator=torch.Generator().manual_seed(seed), return_trajectory=True, progress=False)
+                              generator=torch.Generator().manual_seed(seed), return_trajectory=True, progress=False,
+                              eta=eta if sampler == "ddim" else 0.0)
     assert tuple(x.shape) == shape and x.dtype == torch.float32 and torch.isfinite(x).all()
     assert len(trajectory["x"]) == steps + 1 and all(tuple(f.shape) == shape for f in trajectory["x"])
 
