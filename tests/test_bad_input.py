@@ -1,7 +1,8 @@
 """Bad input on every public entry point gets a clear exception that names the argument and what it accepts.
 
-One table per part of the package: schedules, `sample`, the SDEs and their samplers, likelihood and losses,
-the networks, the data loaders, the Trainer, the command line. Each row is (id, call, exception, pattern);
+This is the one bad-input suite: one table per part of the package: schedules, `sample`, the SDEs and their
+samplers, likelihood and losses, the networks (constructors and calls), the metrics, the data loaders, the
+Trainer, the command line. Each row is (id, call, exception, pattern);
 `pattern` is matched against the message, so every row checks that the message names the argument (and,
 where there is one, the accepted range). Rows are lambdas: nothing is built until the row runs.
 
@@ -36,11 +37,14 @@ from minidiff.data import (
     from_uint8_images,
     to_uint8_images,
 )
+from minidiff.metrics import frechet_distance
 from minidiff.nn import (
     AutoEncoder,
     ConditionalScoreUNet,
     ContextUnet,
+    GaussianFourierProjection,
     LatentScoreUNet,
+    ResidualConvBlock,
     ResidualScoreUNet,
     ScoreUNet,
 )
@@ -101,6 +105,8 @@ SCHEDULE_ROWS = [
         r"max_beta must lie in \(0, 1\)"),
     row("cosine max_beta=nan", lambda: md.NoiseSchedule.cosine(max_beta=NAN), ValueError,
         r"max_beta must lie in \(0, 1\)"),
+    row("cosine max_beta=1", lambda: md.NoiseSchedule.cosine(max_beta=1.0), ValueError,
+        r"max_beta must lie in \(0, 1\)"),
     row("from_betas empty", lambda: md.NoiseSchedule.from_betas([]), ValueError, r"betas must be a 1-D tensor"),
     row("from_betas 2-D", lambda: md.NoiseSchedule.from_betas([[0.1]]), ValueError, r"betas must be a 1-D tensor"),
     row("from_betas text", lambda: md.NoiseSchedule.from_betas("abc"), ValueError, r"betas must be a 1-D sequence"),
@@ -111,6 +117,8 @@ SCHEDULE_ROWS = [
     row("from_betas negative", lambda: md.NoiseSchedule.from_betas([0.5, -0.1]), ValueError,
         r"betas must lie in the open interval \(0, 1\)"),
     row("from_betas 1", lambda: md.NoiseSchedule.from_betas([0.5, 1.0]), ValueError,
+        r"betas must lie in the open interval \(0, 1\)"),
+    row("from_betas 0", lambda: md.NoiseSchedule.from_betas([0.1, 0.0]), ValueError,
         r"betas must lie in the open interval \(0, 1\)"),
     row("from_betas 1e-300", lambda: md.NoiseSchedule.from_betas([1e-300, 0.1]), ValueError,
         r"betas must be > 1.1e-16"),
@@ -245,11 +253,17 @@ SDE_ROWS = [
     row("VESDE.geometric min > max", lambda: md.VESDE.geometric(sigma_min=5.0, sigma_max=1.0), ValueError,
         r"need 0 < sigma_min < sigma_max"),
     row("VESDE.geometric min=0", lambda: md.VESDE.geometric(sigma_min=0.0), ValueError, r"need 0 < sigma_min"),
+    row("VESDE.geometric min = max", lambda: md.VESDE.geometric(sigma_min=1.0, sigma_max=1.0), ValueError,
+        r"need 0 < sigma_min < sigma_max"),
     row("VPSDE beta_min<0", lambda: md.VPSDE(beta_min=-1.0), ValueError, r"need 0 <= beta_min < beta_max"),
     row("VPSDE beta_max<beta_min", lambda: md.VPSDE(beta_min=5.0, beta_max=1.0), ValueError,
         r"need 0 <= beta_min < beta_max"),
     row("VPSDE beta_max=inf", lambda: md.VPSDE(beta_max=INF), ValueError, r"need 0 <= beta_min < beta_max"),
     row("SubVPSDE beta_min=nan", lambda: md.SubVPSDE(beta_min=NAN), ValueError, r"need 0 <= beta_min < beta_max"),
+    row("SubVPSDE beta_min = beta_max", lambda: md.SubVPSDE(beta_min=1.0, beta_max=1.0), ValueError,
+        r"need 0 <= beta_min < beta_max"),
+    row("marginal_std t=nan", lambda: md.SubVPSDE().marginal_std(torch.tensor([NAN])), ValueError,
+        r"t must lie in \[0, 1\]"),
     row("marginal_prob t<0", lambda: VE.marginal_prob(torch.zeros(2, 1), torch.tensor([-0.1, 0.5])), ValueError,
         r"t must lie in \[0, 1\]"),
     row("marginal_prob t>1", lambda: md.VPSDE().marginal_prob(torch.zeros(2, 1), 1.5), ValueError,
@@ -320,6 +334,8 @@ SDE_ROWS = [
         ValueError, r"weighting must be one of \('none', 'min_snr'\)"),
     row("dsm_loss eps=0", lambda: md.dsm_loss(exact_score, torch.zeros(2, 1), VE, eps=0.0), ValueError,
         r"eps must lie in the open interval \(0, 1\)"),
+    row("dsm_loss eps=1", lambda: md.dsm_loss(exact_score, torch.zeros(2, 1), VE, eps=1.0), ValueError,
+        r"eps must lie in the open interval \(0, 1\)"),
     row("dsm_loss empty batch", lambda: md.dsm_loss(exact_score, torch.zeros(0, 1), VE), ValueError,
         r"x0 must be a non-empty batch"),
     row("as_score_model prediction_type", lambda: md.as_score_model(EPS_MODEL, S, "score"), ValueError,
@@ -363,6 +379,24 @@ def call_net(name, shape, t=None, context=None, dtype=torch.float32):
 
 
 NET_ROWS = [
+    # constructors
+    row("ContextUnet height=18", lambda: ContextUnet(height=18), ValueError, r"height"),
+    row("ContextUnet height=0", lambda: ContextUnet(height=0), ValueError, r"height"),
+    row("ContextUnet n_feat=12", lambda: ContextUnet(n_feat=12), ValueError, r"n_feat"),
+    row("ContextUnet in_channels=0", lambda: ContextUnet(in_channels=0), ValueError, r"in_channels"),
+    row("ContextUnet n_cfeat=0", lambda: ContextUnet(n_cfeat=0), ValueError, r"n_cfeat"),
+    row("ScoreUNet two levels", lambda: ScoreUNet(channels=(32, 64)), ValueError, r"channels"),
+    row("ScoreUNet in_channels=0", lambda: ScoreUNet(in_channels=0), ValueError, r"in_channels"),
+    row("ScoreUNet odd embed_dim", lambda: ScoreUNet(embed_dim=255), ValueError, r"embed_dim"),
+    row("LatentScoreUNet four levels", lambda: LatentScoreUNet(channels=(64, 128, 256, 512)), ValueError,
+        r"channels"),
+    row("LatentScoreUNet bottleneck too narrow for GroupNorm", lambda: LatentScoreUNet(channels=(16, 32, 32)),
+        ValueError, r"channels\[2\]"),
+    row("ConditionalScoreUNet num_classes<0", lambda: ConditionalScoreUNet(num_classes=-1), ValueError,
+        r"num_classes"),
+    row("AutoEncoder latent_channels=0", lambda: AutoEncoder(latent_channels=0), ValueError, r"latent_channels"),
+    row("GaussianFourierProjection odd", lambda: GaussianFourierProjection(31), ValueError, r"embed_dim"),
+    row("ResidualConvBlock in_channels=0", lambda: ResidualConvBlock(0, 4), ValueError, r"in_channels"),
     # ContextUnet [B, 3, 16, 16], context one-hot float [B, 5]
     row("ContextUnet channels", lambda: call_net("ContextUnet", (1, 1, 16, 16)), ValueError,
         r"x must have shape \(B, 3, 16, 16\), got \(1, 1, 16, 16\)"),
@@ -462,6 +496,22 @@ def test_score_nets_and_the_autoencoder_accept_non_square_images(name, shape):
     with torch.no_grad():
         out = net(name)(torch.randn(shape)) if name == "AutoEncoder" else call_net(name, shape)
     assert out.shape == shape and torch.isfinite(out).all()
+
+
+# ====================================================================================== metrics
+METRIC_ROWS = [
+    row("frechet_distance one sample", lambda: frechet_distance(torch.randn(1, 4), torch.randn(5, 4)), ValueError,
+        r"N >= 2"),
+    row("frechet_distance dimensions differ", lambda: frechet_distance(torch.randn(5, 4), torch.randn(5, 3)),
+        ValueError, r"dimensions differ"),
+    row("frechet_distance NaN", lambda: frechet_distance(torch.full((5, 4), NAN), torch.randn(5, 4)), ValueError,
+        r"NaN"),
+]
+
+
+@pytest.mark.parametrize("call, error, match", METRIC_ROWS)
+def test_metrics_bad_input(call, error, match):
+    check(call, error, match)
 
 
 # ====================================================================================== data loaders
@@ -596,6 +646,8 @@ def test_train_config_bad_value(field, value, match):
 
 
 TRAINER_ROWS = [
+    row("TrainConfig.from_dict unknown field", lambda: TrainConfig.from_dict({"stpes": 3}), ValueError,
+        r"unknown TrainConfig field"),
     row("batch larger than the dataset", lambda: trainer(data=_Data(n=3)), ValueError,
         r"the dataset has 3 images, fewer than one batch of 4"),
     row("empty dataset", lambda: trainer(data=_Data(n=0)), ValueError, r"dataset is empty"),

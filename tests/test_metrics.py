@@ -110,15 +110,6 @@ def test_sqrtm_psd_squares_back_and_stays_finite_when_singular():
     assert frechet_distance(x, x) <= 1e-8 * float(cov.trace())
 
 
-def test_frechet_rejects_bad_input():
-    with pytest.raises(ValueError, match="N >= 2"):
-        frechet_distance(torch.randn(1, 4), torch.randn(5, 4))
-    with pytest.raises(ValueError, match="dimensions differ"):
-        frechet_distance(torch.randn(5, 4), torch.randn(5, 3))
-    with pytest.raises(ValueError, match="NaN"):
-        frechet_distance(torch.full((5, 4), float("nan")), torch.randn(5, 4))
-
-
 # ---------------------------------------------------------------------------------- precision / recall, diversity
 def test_precision_recall_known_sets():
     g = torch.Generator().manual_seed(4)
