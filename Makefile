@@ -20,7 +20,7 @@ ifndef VIRTUAL_ENV
 endif
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,plot]"
+	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
 test: install

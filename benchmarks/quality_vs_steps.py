@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import minidiff as md  # noqa: E402
 from minidiff import checkpoint as ckpt  # noqa: E402
+from minidiff.imaging import GREY, PALETTE, Series, line_plot, tile  # noqa: E402
 from minidiff.metrics import evaluate, feature_extractor, infer_dataset  # noqa: E402
 
 DEFAULT_SPACING = "trailing"    # the grid of runs that name none (see GRIDS below)
@@ -155,76 +156,29 @@ def markdown_table(results: List[dict], checks: List[dict], settings: dict) -> s
     return "\n".join(lines) + "\n"
 
 
-def plot(results: List[dict], path: str) -> Optional[str]:
-    """FD and class accuracy vs NFE (log x), one line per sampler; matplotlib if importable, else Pillow."""
-    by_sampler = {}                                                 # one line per sampler and grid
+def plot(results: List[dict], path: str) -> str:
+    """FD and class accuracy against NFE (log x), one line per sampler and grid."""
+    by_sampler = {}
     for r in results:
         key = r["sampler"] if r["sampler"] == "ddpm" else f"{r['sampler']} ({r['spacing']})"
         by_sampler.setdefault(key, []).append(r)
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError:
-        return _plot_pillow(by_sampler, path)
-    fig, (ax_fd, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for sampler, rows in by_sampler.items():
-        rows = sorted(rows, key=lambda r: r["nfe"])
-        nfe = [r["nfe"] for r in rows]
-        ax_fd.plot(nfe, [r["fd"] for r in rows], "o-", label=sampler)
-        if rows[0]["class_accuracy"] is not None:
-            ax_acc.plot(nfe, [r["class_accuracy"] for r in rows], "o-", label=sampler)
-    floor = results[0].get("fd_real") if results else None
-    if floor is not None:
-        ax_fd.axhline(floor, color="grey", ls="--", lw=1, label="real vs real")
+    by_sampler = {key: sorted(rows, key=lambda r: r["nfe"]) for key, rows in by_sampler.items()}
+    nfe = [r["nfe"] for r in results]
+    ends = [min(nfe) / 1.2, max(nfe) * 1.2]
+    fd = [Series([r["nfe"] for r in rows], [r["fd"] for r in rows], name, markers=True)
+          for name, rows in by_sampler.items()]
+    accuracy = [Series([r["nfe"] for r in rows], [r["class_accuracy"] for r in rows], name, markers=True)
+                for name, rows in by_sampler.items() if rows[0]["class_accuracy"] is not None]
+    if results and results[0].get("fd_real") is not None:
+        fd.append(Series(ends, [results[0]["fd_real"]] * 2, "real vs real", GREY, dashed=True, width=1))
     ddpm = next((r for r in results if r["name"] == "ddpm"), None)
     if ddpm is not None:                                            # the reference the FD targets are relative to
-        ax_fd.axhline(ddpm["fd"], color="C0", ls=":", lw=1, label="ddpm (every step)")
-    ax_acc.axhline(ACCURACY_TARGET, color="grey", ls="--", lw=1, label="target")
-    for ax, label in ((ax_fd, "Fréchet distance (lower is better)"), (ax_acc, "class accuracy")):
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.set_xlabel("network calls per image (NFE)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _plot_pillow(by_sampler: dict, path: str) -> str:
-    """A bare FD-vs-NFE line chart with Pillow, for installs without matplotlib."""
-    import math
-
-    from PIL import Image, ImageDraw
-    width, height, margin = 640, 400, 50
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    rows = [r for rs in by_sampler.values() for r in rs]
-    lx = [math.log10(max(r["nfe"], 1)) for r in rows]
-    fds = [r["fd"] for r in rows]
-    x0, x1, y1 = min(lx), max(lx) + 1e-9, max(fds) * 1.05 + 1e-9
-
-    def xy(r):
-        return (margin + (math.log10(max(r["nfe"], 1)) - x0) / (x1 - x0) * (width - 2 * margin),
-                height - margin - r["fd"] / y1 * (height - 2 * margin))
-
-    draw.rectangle([margin, margin, width - margin, height - margin], outline="black")
-    colours = ("red", "blue", "green", "orange", "purple", "brown")
-    for j, (sampler, rs) in enumerate(by_sampler.items()):
-        points = [xy(r) for r in sorted(rs, key=lambda r: r["nfe"])]
-        colour = colours[j % len(colours)]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for px, py in points:
-            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
-        draw.text((width - margin + 5 - 45, margin + 5 + 12 * j), sampler, fill=colour)
-    draw.text((margin, height - margin + 15), "NFE (log scale)", fill="black")
-    draw.text((margin, margin - 20), f"Frechet distance (0 .. {y1:.2f})", fill="black")
-    image.save(path)
+        fd.append(Series(ends, [ddpm["fd"]] * 2, "ddpm (every step)", PALETTE[0], dashed=True, width=1))
+    accuracy.append(Series(ends, [ACCURACY_TARGET] * 2, "target", GREY, dashed=True, width=1))
+    panels = [line_plot(series, xlabel="network calls per image (NFE)", ylabel=ylabel, log_x=True, size=(560, 420),
+                        legend="outside")
+              for series, ylabel in ((fd, "Fréchet distance (lower is better)"), (accuracy, "class accuracy"))]
+    tile(panels, path=path)
     return path
 
 

@@ -44,6 +44,7 @@ from torch import Tensor
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 import minidiff as md  # noqa: E402
+from minidiff.imaging import GREY, Series, line_plot, tile  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NOISE_FLOOR_FACTOR = 3.0      # a stochastic sampler's point enters the fit only if W1 > 3 x the noise floor
@@ -322,106 +323,33 @@ def markdown(results: dict, settings: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
-
-
-def _font(size: int):
-    from PIL import ImageFont
-    try:
-        return ImageFont.truetype("DejaVuSans.ttf", size)
-    except OSError:
-        return ImageFont.load_default(size=size)                              # Pillow >= 10.1 scales its own font
-
-
-def _line(draw, points, colour, width, dashed):
-    """A polyline; dashed draws every other 10-pixel piece."""
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if not dashed:
-            draw.line([(x0, y0), (x1, y1)], fill=colour, width=width)
-            continue
-        length = math.hypot(x1 - x0, y1 - y0)
-        for a in range(0, int(length), 16):
-            b = min(a + 9, length)
-            draw.line([(x0 + (x1 - x0) * a / length, y0 + (y1 - y0) * a / length),
-                       (x0 + (x1 - x0) * b / length, y0 + (y1 - y0) * b / length)], fill=colour, width=width)
+NOTES = ("solid: deterministic, no Monte-Carlo noise;", "dashed: stochastic.", "Orders are -slope over the",
+         f"finest {FIT_POINTS} points above {NOISE_FLOOR_FACTOR:g}x the", "noise floor (? = too few points).")
 
 
 def plot(results: dict, path: str) -> str:
-    """W1 against NFE on log-log axes, one panel per data set, one line per sampler; drawn with Pillow."""
-    from PIL import Image, ImageDraw
-    panel_w, panel_h, left, top, bottom, legend_w = 560, 470, 80, 50, 60, 330
-    image = Image.new("RGB", (left + len(results) * (panel_w + left) + legend_w, top + panel_h + bottom), "white")
-    draw = ImageDraw.Draw(image)
-    font, small, bold = _font(16), _font(14), _font(18)
+    """W1 against NFE on log-log axes, one panel per data set, one line per sampler (dashed: stochastic)."""
     rows = [r for d in results.values() for run in d["runs"] for r in run["rows"]]
-    lx0, lx1 = math.log10(4), math.log10(max(r["nfe"] for r in rows) * 1.25)
-    ly0 = math.floor(math.log10(min(r["w1"] for r in rows)) * 2) / 2
-    ly1 = math.ceil(math.log10(max(r["w1"] for r in rows)) * 2) / 2
-    for p, (name, d) in enumerate(results.items()):
-        x_left = left + p * (panel_w + left)
-
-        def xy(nfe, w1, x_left=x_left):
-            return (x_left + (math.log10(nfe) - lx0) / (lx1 - lx0) * panel_w,
-                    top + (ly1 - math.log10(w1)) / (ly1 - ly0) * panel_h)
-
-        draw.rectangle([x_left, top, x_left + panel_w, top + panel_h], outline="black")
-        for nfe in (5, 10, 20, 50, 100, 200, 500):                           # x ticks
-            if math.log10(nfe) <= lx1:
-                x, _ = xy(nfe, 1)
-                draw.line([(x, top), (x, top + panel_h)], fill="#e6e6e6")
-                draw.text((x, top + panel_h + 6), str(nfe), fill="black", font=small, anchor="mt")
-        for decade in range(math.floor(ly0), math.ceil(ly1) + 1):           # y ticks: 1, 2, 5 per decade
-            for mult in (1, 2, 5):
-                value = mult * 10.0**decade
-                if ly0 <= math.log10(value) <= ly1:
-                    _, y = xy(10, value)
-                    draw.line([(x_left, y), (x_left + panel_w, y)], fill="#d0d0d0" if mult == 1 else "#eeeeee")
-                    draw.line([(x_left - (8 if mult == 1 else 4), y), (x_left, y)], fill="black")
-                    if mult == 1 or ly1 - ly0 < 3:
-                        draw.text((x_left - 10, y), f"{value:g}", fill="black", font=small, anchor="rm")
-        draw.text((x_left + panel_w / 2, top - 14), f"{name} data", fill="black", font=bold, anchor="mb")
-        draw.text((x_left + panel_w / 2, top + panel_h + 30), "network calls (NFE), log scale", fill="black",
-                  font=font, anchor="mt")
-        floor = d["noise_floor"]["discrete"]                                   # stochastic samplers cannot go below
-        _line(draw, [xy(10**lx0, floor), xy(10**lx1, floor)], "#777777", 1, dashed=True)
-        fx, fy = xy(10**lx0, floor)
-        draw.text((fx + 6, fy + 4), "noise floor of the stochastic runs", fill="#555555", font=small, anchor="lt")
-        for slope, start in ((-1, 0.6), (-2, 0.6)):                           # reference slopes from (6, start)
-            a, b = 6, 10**lx1 / 1.3
-            end = start * (b / a) ** slope
-            if end < 10**ly0:
-                b = a * (10**ly0 / start) ** (1 / slope)
-                end = 10**ly0
-            draw.line([xy(a, start), xy(b, end)], fill="#999999", width=2)
-            draw.text(xy(b, end), f" slope {slope}", fill="#555555", font=small, anchor="lm" if slope == -1 else "lb")
-        for k, run in enumerate(d["runs"]):
-            points = [xy(r["nfe"], r["w1"]) for r in run["rows"]]
-            colour = COLOURS[k % len(COLOURS)]
-            _line(draw, points, colour, 3, dashed=run["stochastic"])
-            for px, py in points:
-                draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
-    label = Image.new("RGB", (200, 24), "white")                               # the rotated y-axis label
-    ImageDraw.Draw(label).text((100, 12), "W1 error (log scale)", fill="black", font=font, anchor="mm")
-    image.paste(label.rotate(90, expand=True), (4, top + panel_h // 2 - 100))
-
-    x_leg, y_leg = left + len(results) * (panel_w + left) - 30, top + 10     # legend, with the fitted orders
-    draw.text((x_leg, y_leg), "sampler: order " + " / ".join(results), fill="black", font=font)
-    first = next(iter(results.values()))["runs"]
-    for k, run in enumerate(first):
-        y = y_leg + 34 + 28 * k
-        colour = COLOURS[k % len(COLOURS)]
-        _line(draw, [(x_leg, y + 9), (x_leg + 36, y + 9)], colour, 3, dashed=run["stochastic"])
-        fits = [d["runs"][k]["fit"] for d in results.values()]
-        orders = " / ".join("-" if f["order"] is None else f"{f['order']:.2f}" + ("" if f["meaningful"] else "?")
-                            for f in fits)
-        draw.text((x_leg + 44, y), f"{run['label']}: {orders}", fill=colour, font=font)
-    y = y_leg + 34 + 28 * len(first) + 14
-    for note in ("solid: deterministic, no Monte-Carlo", "  noise; dashed: stochastic", "orders are -slope over the",
-                 f"  finest {FIT_POINTS} points above {NOISE_FLOOR_FACTOR:g}x the floor", "  (? = too few points)"):
-        draw.text((x_leg, y), note, fill="#444444", font=small)
-        y += 20
-    image.save(path)
+    nfe_range, w1_range = (4, max(r["nfe"] for r in rows) * 1.25), (min(r["w1"] for r in rows) / 2, 2.0)
+    panels = []
+    for name, d in results.items():
+        series = [Series([r["nfe"] for r in run["rows"]], [r["w1"] for r in run["rows"]], markers=True, width=3,
+                         label=f"{run['label']}: order {_order_number(run['fit'])}", dashed=run["stochastic"])
+                  for run in d["runs"]]
+        floor = d["noise_floor"]["discrete"]                              # stochastic samplers cannot go below
+        series.append(Series(nfe_range, [floor, floor], "noise floor (stochastic)", GREY, dashed=True, width=1))
+        for slope in (-1, -2):                                            # reference slopes from (6, 0.6)
+            series.append(Series([6, nfe_range[1]], [0.6, 0.6 * (nfe_range[1] / 6) ** slope], f"slope {slope}",
+                                 (160, 160, 160) if slope == -1 else (90, 90, 90), width=1))
+        panels.append(line_plot(series, title=f"{name} data", xlabel="network calls (NFE)", ylabel="W1 error",
+                                log_x=True, log_y=True, xlim=nfe_range, ylim=w1_range, size=(620, 520),
+                                font_size=15, legend="outside", notes=NOTES if name == list(results)[-1] else ()))
+    tile(panels, path=path)
     return path
+
+
+def _order_number(fit: dict) -> str:
+    return "-" if fit["order"] is None else f"{fit['order']:.2f}" + ("" if fit["meaningful"] else "?")
 
 
 def write_reports(results: dict, settings: dict, out_dir: str) -> dict:

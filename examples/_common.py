@@ -5,13 +5,12 @@
     wrote(save_image_grid(x, out_path(args, "samples.png")))
 
 Only plumbing lives here; every lesson is in the example itself. Plots are drawn with Pillow
-(`plot_panels`), so no example needs matplotlib.
+(`plot_panels`, one `minidiff.imaging.line_plot` per panel), so no example needs matplotlib.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -20,6 +19,9 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from minidiff import imaging
+from minidiff.imaging import Series
 
 
 def parse_args(description: Optional[str], presets: Mapping, argv: Optional[Sequence[str]] = None,
@@ -105,7 +107,7 @@ class Timer:
 
 
 # ----------------------------------------------------------------------------------- Pillow plots
-PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (120, 120, 120)]
+PALETTE = imaging.PALETTE[:5] + [imaging.GREY]
 
 
 def font(size: int = 12):
@@ -116,89 +118,41 @@ def font(size: int = 12):
 
 
 def plot_panels(panels: Sequence[dict], path: str, panel_size: int = 300, columns: Optional[int] = None) -> str:
-    """Draw side-by-side 2-D plots with Pillow and save them as one PNG.
+    """Draw 2-D plots side by side (one `minidiff.imaging.line_plot` each) and save them as one PNG.
 
     Each panel is a dict:
       title   str
       xlim, ylim  (lo, hi); default: the data's range
-      points  [(xy [N, 2], colour), ...]        scatter, 2-px dots
+      points  [(xy [N, 2], colour), ...]        scatter, small dots
       lines   [(xy [N, 2], colour), ...]        polylines (paths, curves)
       arrows  [(xy [N, 2], dxy [N, 2], colour)] arrows from xy to xy + dxy
-      xlabel, ylabel, legend [(text, colour)], log_y (bool)
+      xlabel, legend [(text, colour)], log_y (bool)
     """
-    columns = columns or len(panels)
-    rows = math.ceil(len(panels) / columns)
-    canvas = Image.new("RGB", (columns * panel_size, rows * panel_size), "white")
-    for k, panel in enumerate(panels):
-        image = panel_image(panel, panel_size)
-        canvas.paste(image, ((k % columns) * panel_size, (k // columns) * panel_size))
-    canvas.save(path)
+    imaging.tile([panel_image(panel, panel_size) for panel in panels], columns, path)
     return path
 
 
 def panel_image(panel: dict, size: int = 300) -> Image.Image:
     """One panel of `plot_panels` as a PIL image (for GIF frames)."""
-    image = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(image)
-    small = font(11)
-    left, right, top, bottom = 44, 10, 24, 30
-    log_y = panel.get("log_y", False)
-
-    def ys(xy):
-        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2).copy()
-        if log_y:
-            xy[:, 1] = np.log10(np.clip(xy[:, 1], 1e-30, None))
-        return xy
-
-    everything = [ys(xy) for xy, _ in panel.get("points", []) + panel.get("lines", [])]
-    everything += [ys(xy) for xy, _, _ in panel.get("arrows", [])]
-    data = np.concatenate(everything) if everything else np.zeros((1, 2))
-    data = data[np.isfinite(data).all(1)]
-    xlim = panel.get("xlim") or (data[:, 0].min(), data[:, 0].max())
-    ylim = panel.get("ylim")
-    if ylim and log_y:
-        ylim = (math.log10(ylim[0]), math.log10(ylim[1]))
-    ylim = ylim or (data[:, 1].min(), data[:, 1].max())
-    if xlim[1] - xlim[0] < 1e-12:
-        xlim = (xlim[0] - 1, xlim[1] + 1)
-    if ylim[1] - ylim[0] < 1e-12:
-        ylim = (ylim[0] - 1, ylim[1] + 1)
-
-    def px(xy):                                         # data coordinates -> pixel coordinates
-        u = left + (xy[:, 0] - xlim[0]) / (xlim[1] - xlim[0]) * (size - left - right)
-        v = size - bottom - (xy[:, 1] - ylim[0]) / (ylim[1] - ylim[0]) * (size - top - bottom)
-        return np.stack([u, v], 1)
-
-    draw.rectangle([left, top, size - right, size - bottom], outline="black")
-    for frac in (0.0, 0.5, 1.0):                        # tick labels at the ends and the middle
-        x = xlim[0] + frac * (xlim[1] - xlim[0])
-        y = ylim[0] + frac * (ylim[1] - ylim[0])
-        u = left + frac * (size - left - right)
-        v = size - bottom - frac * (size - top - bottom)
-        draw.text((u - 10, size - bottom + 3), f"{x:.3g}", fill="black", font=small)
-        draw.text((2, v - 6), f"{10 ** y:.2g}" if log_y else f"{y:.3g}", fill="black", font=small)
-    for xy, colour in panel.get("lines", []):
-        p = px(ys(xy))
-        p = p[np.isfinite(p).all(1)]
-        if len(p) > 1:
-            draw.line([tuple(q) for q in p], fill=colour, width=2)
-    for xy, colour in panel.get("points", []):
-        for u, v in px(ys(xy)):
-            if np.isfinite(u) and np.isfinite(v) and left <= u <= size - right and top <= v <= size - bottom:
-                draw.ellipse([u - 1.5, v - 1.5, u + 1.5, v + 1.5], fill=colour)
+    series = [Series(*_columns(xy), colour=colour, line=False, markers=True, radius=1.5)
+              for xy, colour in panel.get("points", [])]
+    series += [Series(*_columns(xy), colour=colour) for xy, colour in panel.get("lines", [])]
     for xy, dxy, colour in panel.get("arrows", []):
-        xy, dxy = np.asarray(xy, np.float64), np.asarray(dxy, np.float64)
-        start, end = px(xy), px(xy + dxy)
-        for (u0, v0), (u1, v1) in zip(start, end):
-            draw.line([(u0, v0), (u1, v1)], fill=colour, width=1)
-            draw.ellipse([u1 - 1, v1 - 1, u1 + 1, v1 + 1], fill=colour)     # the arrow's head
-    draw.text((left, 5), panel.get("title", ""), fill="black", font=font(12))
-    if panel.get("xlabel"):
-        draw.text((size // 2 - 20, size - 14), panel["xlabel"], fill="black", font=small)
-    for k, (text, colour) in enumerate(panel.get("legend", [])):
-        draw.rectangle([left + 6, top + 6 + 14 * k, left + 14, top + 14 + 14 * k], fill=colour)
-        draw.text((left + 18, top + 4 + 14 * k), text, fill="black", font=small)
-    return image
+        (x0, y0), (x1, y1) = _columns(xy), _columns(np.asarray(xy, np.float64) + np.asarray(dxy, np.float64))
+        gap = np.full_like(x0, np.nan)                                  # a NaN between arrows breaks the line
+        series.append(Series(np.stack([x0, x1, gap], 1).ravel(), np.stack([y0, y1, gap], 1).ravel(), colour=colour,
+                             width=1))
+        series.append(Series(x1, y1, colour=colour, line=False, markers=True, radius=1))   # the arrows' heads
+    series += [Series([], [], text, colour) for text, colour in panel.get("legend", [])]
+    return imaging.line_plot(series, title=panel.get("title", ""), xlabel=panel.get("xlabel", ""),
+                             log_y=panel.get("log_y", False), xlim=panel.get("xlim"), ylim=panel.get("ylim"),
+                             size=(size, size), font_size=11, legend="upper left")
+
+
+def _columns(xy):
+    """[N, 2] points (a tensor, an array or a list of pairs) -> (x [N], y [N]) float64 arrays."""
+    xy = np.asarray(torch.as_tensor(xy).detach().cpu().double()).reshape(-1, 2)
+    return xy[:, 0], xy[:, 1]
 
 
 def heatmap(matrix, labels: Sequence[str], title: str, path: Optional[str] = None, cell: int = 24,
@@ -247,11 +201,4 @@ def side_by_side(images: Sequence[Image.Image], titles: Sequence[str], path: Opt
 
 def stack(images: Sequence[Image.Image], path: Optional[str] = None) -> Image.Image:
     """Paste PIL images one below the other; saved as PNG when a path is given."""
-    canvas = Image.new("RGB", (max(im.width for im in images), sum(im.height for im in images)), "white")
-    y = 0
-    for im in images:
-        canvas.paste(im, (0, y))
-        y += im.height
-    if path is not None:
-        canvas.save(path)
-    return canvas
+    return imaging.tile(images, columns=1, path=path)

@@ -60,3 +60,22 @@ def test_class_grid_has_one_labelled_row_per_class(tmp_path):
     assert (labels < 128).any()                                              # text was drawn
     with pytest.raises(ValueError, match="K = len"):
         imaging.save_class_grid(images, ["hero"], tmp_path / "bad.png")
+
+
+def test_line_plot_draws_every_series_with_a_legend_on_log_axes(tmp_path):
+    x = np.array([1.0, 10.0, 100.0])
+    series = [imaging.Series(x, 1 / x, "first order", markers=True),
+              imaging.Series(x, 1 / x**2, "second order", dashed=True),
+              imaging.Series([1, 100], [0.5, np.nan], "broken at NaN")]
+    image = imaging.line_plot(series, tmp_path / "p.png", title="W1", xlabel="NFE", ylabel="error",
+                              log_x=True, log_y=True, size=(400, 300), legend="outside", notes=["a note"])
+    assert image.width > 400 and image.height == 300 and (tmp_path / "p.png").is_file()
+    pixels = np.asarray(image).astype(int)
+    for colour in imaging.PALETTE[:2]:                                 # both curves and their legend samples
+        assert (np.abs(pixels - colour).sum(-1) < 10).sum() > 50
+    assert imaging._ticks(0.0, 2.0, log=True) == [0.0, 1.0, 2.0]      # 1, 10, 100
+    assert imaging._ticks(0.0, 1.0, log=False) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    with pytest.raises(ValueError, match="x and y must have the same length"):
+        imaging.line_plot([imaging.Series([1, 2], [1])])
+    with pytest.raises(ValueError, match="legend must be one of"):
+        imaging.line_plot(series, legend="middle")

@@ -370,16 +370,18 @@ def test_benchmark_smoke(small_classifier, tmp_path, monkeypatch):
     assert (tmp_path / "out" / "quality_vs_steps.png").stat().st_size > 1000
 
 
-def test_benchmark_pillow_plot(tmp_path):
+def test_benchmark_plot(tmp_path):
     q = _load_benchmark()
-    rows = [{"sampler": s, "nfe": nfe, "fd": fd} for s, nfe, fd in
-            (("ddim", 10, 3.0), ("ddim", 25, 2.0), ("dpmpp_2m", 5, 2.5), ("ddpm", 500, 1.9))]
-    by_sampler = {}
-    for r in rows:
-        by_sampler.setdefault(r["sampler"], []).append(r)
-    path = q._plot_pillow(by_sampler, str(tmp_path / "plot.png"))
+    rows = [{"name": f"{s}-{nfe}", "sampler": s, "spacing": "trailing", "nfe": nfe, "fd": fd, "class_accuracy": acc,
+             "fd_real": 0.5} for s, nfe, fd, acc in
+            (("ddim", 10, 3.0, 0.9), ("ddim", 25, 2.0, 0.95), ("dpmpp_2m", 5, 2.5, 0.93), ("ddpm", 500, 1.9, 0.97))]
+    path = q.plot(rows, str(tmp_path / "plot.png"))
     from PIL import Image
-    assert Image.open(path).size == (640, 400)
+    image = Image.open(path).convert("RGB")
+    assert image.width > image.height > 300                        # two panels side by side
+    pixels = np.asarray(image).astype(int)
+    for colour in q.PALETTE[:3]:                                   # one line per sampler
+        assert (np.abs(pixels - colour).sum(-1) < 10).sum() > 20
 
 
 # ---------------------------------------------------------------------------------- the shipped configs (slow)
