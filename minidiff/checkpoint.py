@@ -11,6 +11,7 @@ A checkpoint is ONE file holding a plain dict of tensors, numbers, strings, list
       "state_dict": ..., "ema_state_dict": ... or None,  # weights; sampling uses the EMA ones
       "optimizer": ... or None, "grad_scaler": ... or None,
       "step": int, "rng": {...}, "data": {...}, "train_config": {...} or None,
+      "class_names": ["cat", "dog", ...] or None,        # what context k means (conditional models)
     }
 
 Three safety rules, each with a test:
@@ -50,7 +51,7 @@ from .schedule import NoiseSchedule
 def make_checkpoint(model: nn.Module, *, model_kwargs: Optional[dict] = None, schedule: Optional[NoiseSchedule] = None,
                     sde=None, ema_model: Optional[nn.Module] = None, optimizer=None, grad_scaler=None,
                     step: int = 0, rng: Optional[dict] = None, data: Optional[dict] = None,
-                    train_config: Optional[dict] = None) -> dict:
+                    train_config: Optional[dict] = None, class_names: Optional[list] = None) -> dict:
     """Assemble the checkpoint dict (see the module docstring). Tensors are copied to the CPU."""
     from . import __version__
     return {
@@ -66,6 +67,7 @@ def make_checkpoint(model: nn.Module, *, model_kwargs: Optional[dict] = None, sc
         "rng": rng if rng is not None else get_rng_state(),
         "data": data or {},
         "train_config": train_config,
+        "class_names": list(class_names) if class_names is not None else None,
     }
 
 

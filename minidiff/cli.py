@@ -45,9 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", choices=sorted(PRESETS), help="a ready-made run (default: smoke)")
     train.add_argument("--config", metavar="FILE", help="JSON run description (sections model, schedule or sde, "
                        "data, train; may name a base \"preset\")")
-    train.add_argument("--data", metavar="DIR", help="train on your own images from this folder (no labels)")
+    train.add_argument("--data", metavar="DIR", help="train on your own images from this folder: with class "
+                       "subfolders (DIR/cat/x.png) class-conditionally, else unconditionally")
     train.add_argument("--image-size", type=int, metavar="N", help="with --data: resize images to N x N "
                        "(default: the model's height)")
+    train.add_argument("--channels", type=int, choices=(1, 3), help="with --data: 1 (gray) or 3 (RGB, default); "
+                       "sets the model's in_channels too")
+    train.add_argument("--no-labels", action="store_true", help="with --data: ignore class subfolders, "
+                       "train unconditionally on every image below DIR")
     train.add_argument("--sprites", metavar="FILE", help="the course's sprites .npy (with --labels)")
     train.add_argument("--labels", metavar="FILE", help="the course's labels .npy (with --sprites)")
     train.add_argument("--out", metavar="DIR", help="output folder (default: runs/<preset>)")
@@ -75,9 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "the course's grid, or karras is better: benchmarks/results/quality_vs_steps.md)")
     sample.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     sample.add_argument("--nrow", type=int, help="images per grid row (default: square)")
-    sample.add_argument("--out", default="samples.png", metavar="PNG", help="grid PNG (default samples.png)")
+    sample.add_argument("--out", metavar="PNG", help="grid PNG (default samples.png, or DIR/grid.png with --out-dir)")
+    sample.add_argument("--out-dir", metavar="DIR", help="also write every image as its own PNG, "
+                        "DIR/seed<S>_<k>.png at its native size, listed in DIR/index.csv")
     sample.add_argument("--gif", metavar="GIF", help="also write the denoising trajectory as a GIF")
-    sample.add_argument("--context", help="condition: a class name (hero), an index (3) or a vector (0,1,0,0,0)")
+    sample.add_argument("--context", help="condition: a class name (hero, or a class folder's name), an index (3) "
+                        "or a vector (0,1,0,0,0)")
     sample.add_argument("--guidance", type=float, metavar="W", help="classifier-free guidance scale (needs --context)")
     sample.add_argument("--prompt", help="text-to-image folders: the prompt (the --n images all show it)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -158,11 +166,20 @@ def _apply_overrides(run: dict, args) -> None:
         raise ValueError("choose one of --data and --sprites/--labels")
     if args.sprites is not None:
         run["data"] = {"kind": "sprite_files", "sprites_path": args.sprites, "labels_path": args.labels}
+    if args.data is None and (args.channels is not None or args.no_labels or args.image_size is not None):
+        raise ValueError("--image-size, --channels and --no-labels go with --data DIR")
     if args.data is not None:
-        size = args.image_size or run["model"].get("kwargs", {}).get("height")
+        kwargs = run["model"].setdefault("kwargs", {})
+        size = args.image_size or kwargs.get("height")
         if size is None:
             raise ValueError("--data needs --image-size N for this model")
         run["data"] = {"kind": "image_folder", "root": args.data, "size": size}
+        if args.no_labels:
+            run["data"]["labelled"] = False
+        if args.channels is not None:
+            if "in_channels" not in kwargs:
+                raise ValueError(f"--channels: the model {run['model'].get('class')} has no in_channels setting")
+            run["data"]["channels"] = kwargs["in_channels"] = args.channels
 
 
 # -------------------------------------------------------------------------------------- sample
@@ -179,6 +196,8 @@ def cmd_sample(args) -> int:
     for name, value in (("--steps", args.steps), ("--nrow", args.nrow), ("--scale", args.scale)):   # 0 is no default
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    if args.out is None:
+        args.out = os.path.join(args.out_dir, "grid.png") if args.out_dir is not None else "samples.png"
     for name, value, extension in (("--out", args.out, ".png"), ("--gif", args.gif, ".gif")):
         if value is not None and not value.lower().endswith(extension):
             raise ValueError(f"{name} must name a {extension} file, got {value!r}")
@@ -192,18 +211,20 @@ def cmd_sample(args) -> int:
             return _sample_text_to_image(args, device)
         model, process = pretrained.load_pretrained(args.checkpoint, device=device)
         spec, prediction_type = index["model"], index.get("prediction_type") or "epsilon"
+        class_names = index.get("class_names")
     else:
         checkpoint = ckpt.load_checkpoint(args.checkpoint)
         model = ckpt.model_from_checkpoint(checkpoint, ema=not args.raw, device=device, path=args.checkpoint)
         process = ckpt.schedule_or_sde_from_checkpoint(checkpoint)
         spec = checkpoint["model"]
         prediction_type = (checkpoint.get("train_config") or {}).get("prediction_type", "epsilon")
+        class_names = checkpoint.get("class_names")
     if args.prompt is not None:
         raise ValueError(f"--prompt needs a text-to-image pipeline folder; {args.checkpoint} holds a {spec['class']}")
     if process is None:
         raise ValueError(f"{args.checkpoint} records neither a noise schedule nor an SDE; it cannot be sampled")
     shape = (args.n, *_image_shape(spec))
-    context = parse_context(args.context, model, args.n) if args.context is not None else None
+    context = parse_context(args.context, model, args.n, class_names) if args.context is not None else None
     generator = torch.Generator().manual_seed(args.seed)
     want_gif = args.gif is not None
     if isinstance(process, NoiseSchedule):
@@ -220,6 +241,8 @@ def cmd_sample(args) -> int:
     x, trajectory = result if want_gif else (result, None)
     imaging.save_image_grid(x, args.out, nrow=args.nrow, scale=args.scale)
     print(f"wrote {args.out}")
+    if args.out_dir is not None:
+        _write_images(x, args, class_names)
     if want_gif:
         imaging.save_trajectory_gif(trajectory["x"], args.gif, nrow=args.nrow, scale=args.scale)
         print(f"wrote {args.gif}")
@@ -245,6 +268,29 @@ def _sample_text_to_image(args, device) -> int:
     return 0
 
 
+def _write_images(x, args, class_names) -> None:
+    """--out-dir: image k as DIR/seed<S>_<k>.png (native size), and DIR/index.csv saying how each was made."""
+    import csv
+
+    from PIL import Image
+
+    from . import imaging
+    os.makedirs(args.out_dir, exist_ok=True)
+    pixels = imaging.to_uint8(x)                                       # [N, H, W, 3] uint8
+    gray = x.shape[1] == 1
+    rows = []
+    for k in range(len(pixels)):
+        name = f"seed{args.seed}_{k:04d}.png"
+        Image.fromarray(pixels[k, :, :, 0] if gray else pixels[k]).save(os.path.join(args.out_dir, name))
+        rows.append([name, k, args.seed, args.n, args.context or "", args.checkpoint, args.sampler or "default",
+                     args.steps or "default", args.guidance if args.guidance is not None else ""])
+    with open(os.path.join(args.out_dir, "index.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "image", "seed", "n", "context", "checkpoint", "sampler", "steps", "guidance"])
+        writer.writerows(rows)
+    print(f"wrote {len(rows)} images and index.csv to {args.out_dir} (image k of --n {args.n} --seed {args.seed})")
+
+
 def _image_shape(spec: dict) -> tuple:
     """[C, H, W] of the images a recorded model makes (ContextUnet: in_channels, height)."""
     kwargs = spec.get("kwargs") or {}
@@ -253,8 +299,12 @@ def _image_shape(spec: dict) -> tuple:
     return (int(channels), int(size), int(size))
 
 
-def parse_context(text: str, model, n: int):
-    """--context as a batch of n: "hero" / "3" / "0,1,0,0,0" -> float [n, K] vectors or int64 [n] class ids."""
+def parse_context(text: str, model, n: int, class_names: Optional[List[str]] = None):
+    """--context as a batch of n: "hero" / "3" / "0,1,0,0,0" -> float [n, K] vectors or int64 [n] class ids.
+
+    class_names: what class k is called, as the checkpoint records it (a labelled folder's subfolders);
+    without them a 5-class ContextUnet takes the sprites course's names.
+    """
     import torch
 
     n_cfeat = getattr(model, "n_cfeat", None)                          # float-vector models (ContextUnet)
@@ -272,13 +322,16 @@ def parse_context(text: str, model, n: int):
         if len(values) != n_cfeat:
             raise ValueError(f"--context needs {n_cfeat} comma-separated numbers, got {len(values)}")
         return torch.tensor(values).expand(n, -1).clone()
-    if text.lstrip("-").isdigit():
+    if class_names is None and n_cfeat is not None:
+        from .data import CLASS_NAMES
+        class_names = list(CLASS_NAMES) if n_cfeat == len(CLASS_NAMES) else None
+    if class_names is not None and text in class_names:                 # a name wins over a number
+        index = list(class_names).index(text)
+    elif text.lstrip("-").isdigit():
         index = int(text)
     else:
-        from .data import CLASS_NAMES
-        if n_cfeat != len(CLASS_NAMES) or text not in CLASS_NAMES:
-            raise ValueError(f"unknown context {text!r}: give a class index, a vector, or one of {list(CLASS_NAMES)}")
-        index = CLASS_NAMES.index(text)
+        known = f"one of {list(class_names)}" if class_names else "(this model records no class names)"
+        raise ValueError(f"unknown context {text!r}: give a class index, a vector, or a class name {known}")
     classes = n_cfeat if n_cfeat is not None else null_id
     if not 0 <= index < classes:
         raise ValueError(f"--context class index must lie in [0, {classes - 1}], got {index}")

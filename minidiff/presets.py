@@ -77,6 +77,7 @@ SECTIONS = ("preset", "description", "model", "schedule", "sde", "data", "train"
 SCHEDULE_KINDS = {"course": NoiseSchedule.course, "linear": NoiseSchedule.linear,
                   "scaled_linear": NoiseSchedule.scaled_linear, "cosine": NoiseSchedule.cosine}
 DATA_KINDS = ("procedural_sprites", "sprites", "sprite_files", "image_folder", "procedural_digits")
+CLASS_COUNT_KWARGS = ("n_cfeat", "num_class_embeds", "num_classes")   # ContextUnet, UNet2D, score UNets
 
 
 def resolve(preset: Optional[str] = None, config_path: Optional[str] = None) -> dict:
@@ -132,7 +133,11 @@ class Run:
 
 
 def build_run(run: dict, out_dir: Optional[str] = None) -> Run:
-    """Build model, dataset, TrainConfig and schedule or SDE from a resolved run description."""
+    """Build model, dataset, TrainConfig and schedule or SDE from a resolved run description.
+
+    A labelled image folder (class subfolders) decides the model's number of classes: its class-count
+    argument (n_cfeat, num_class_embeds or num_classes) is set to the folder's, in `run` too.
+    """
     train = dict(run["train"])
     if out_dir is not None:
         train["out_dir"] = out_dir
@@ -146,6 +151,16 @@ def build_run(run: dict, out_dir: Optional[str] = None) -> Run:
     if not isinstance(spec, dict) or "class" not in spec:
         raise ValueError(f"model must look like {{\"class\": name, \"kwargs\": {{...}}}}, got {spec!r}")
     kwargs = dict(spec.get("kwargs", {}))
+    dataset = build_dataset(run["data"])
+    classes = getattr(dataset, "classes", None)
+    if classes is not None:
+        key = next((name for name in CLASS_COUNT_KWARGS if name in kwargs), None)
+        if key is None:
+            raise ValueError(f"the image folder {dataset.root} is labelled ({len(classes)} class folders) but the "
+                             f"model's kwargs name no class count ({' / '.join(CLASS_COUNT_KWARGS)}); add one, or "
+                             f"train unconditionally with data \"labelled\": false (minidiff train --no-labels)")
+        kwargs[key] = len(classes)
+        run["model"] = {**spec, "kwargs": {**spec.get("kwargs", {}), key: len(classes)}}
     if sde is not None and spec["class"] in ("ScoreUNet", "ResidualScoreUNet", "ConditionalScoreUNet",
                                              "LatentScoreUNet"):
         kwargs.setdefault("sde", sde)                                   # score UNets divide by the marginal std
@@ -156,7 +171,7 @@ def build_run(run: dict, out_dir: Optional[str] = None) -> Run:
             model = build_model(spec["class"], **kwargs)
     except TypeError as error:
         raise ValueError(f"cannot build {spec['class']} from {spec.get('kwargs')}: {error}") from None
-    return Run(model, build_dataset(run["data"]), config, schedule, sde)
+    return Run(model, dataset, config, schedule, sde)
 
 
 def build_schedule(values: dict) -> NoiseSchedule:
@@ -169,7 +184,8 @@ def build_schedule(values: dict) -> NoiseSchedule:
 
 def build_dataset(values: dict):
     """procedural_sprites {n, seed} | sprites {root, n, seed} (course files, else procedural) |
-    sprite_files {sprites_path, labels_path} | image_folder {root, size} | procedural_digits {n, seed, size}."""
+    sprite_files {sprites_path, labels_path} | image_folder {root, size, channels, labelled, random_flip} |
+    procedural_digits {n, seed, size}."""
     from . import data
 
     values = dict(values)

@@ -17,6 +17,7 @@ and a JSON header: reading one cannot run code) and a JSON index you can open in
       "schedule": {"betas": [0.0001, ...], "zero_terminal_snr": false},     # discrete-time models, else null
       "sde": null,                                                          # score models: {"class": "VESDE", ...}
       "prediction_type": "epsilon",                                         # or null when not known
+      "class_names": ["cat", "dog"],                                        # what context k means, or null
       "weights": "model.safetensors",
       "ema_weights": "ema.safetensors",                                     # or null
       "sha256": {"model.safetensors": "3f1c...", "ema.safetensors": "9a0b..."}
@@ -62,13 +63,14 @@ INDEX_NAME, WEIGHTS_NAME, EMA_WEIGHTS_NAME = "minidiff.json", "model.safetensors
 # ---------------------------------------------------------------------------------- writing
 def save_pretrained(model: nn.Module, schedule_or_sde: Any, folder: PathLike, *,
                     ema_model: Optional[nn.Module] = None, model_kwargs: Optional[dict] = None,
-                    prediction_type: Optional[str] = None) -> str:
+                    prediction_type: Optional[str] = None, class_names: Optional[list] = None) -> str:
     """Write `model` (or `ema_model`, when given) and its noise process to `folder`; return the index path.
 
     `schedule_or_sde`: the NoiseSchedule or SDE the model was trained with (None for, say, an
     autoencoder). `model_kwargs`: the constructor kwargs, needed unless the model was made with
     ``build_model`` or loaded by minidiff (then ``model.minidiff_spec`` remembers them).
     `prediction_type`: what the network predicts ("epsilon", "sample", "v_prediction"), if you know.
+    `class_names`: the name of each class id, for a class-conditional model (``minidiff sample --context NAME``).
     """
     from . import __version__
     spec = model_spec(model, model_kwargs)
@@ -87,6 +89,7 @@ def save_pretrained(model: nn.Module, schedule_or_sde: Any, folder: PathLike, *,
         "schedule": schedule.to_config() if schedule is not None else None,
         "sde": sde.to_config() if sde is not None else None,
         "prediction_type": prediction_type,
+        "class_names": [str(name) for name in class_names] if class_names is not None else None,
         "weights": WEIGHTS_NAME,
         "ema_weights": EMA_WEIGHTS_NAME if ema_model is not None else None,
     }
@@ -123,7 +126,7 @@ def export_checkpoint(checkpoint_path: PathLike, folder: PathLike, ema: bool = T
         ema_model = model_from_checkpoint(checkpoint, True, "cpu", model_classes, os.fspath(checkpoint_path))
     prediction_type = (checkpoint.get("train_config") or {}).get("prediction_type")
     return save_pretrained(model, schedule_or_sde_from_checkpoint(checkpoint), folder, ema_model=ema_model,
-                           prediction_type=prediction_type)
+                           prediction_type=prediction_type, class_names=checkpoint.get("class_names"))
 
 
 def _split_process(schedule_or_sde) -> Tuple[Optional[NoiseSchedule], Any]:

@@ -25,8 +25,9 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -98,6 +99,14 @@ def _split(batch):
 def _null_id(model: nn.Module):
     return getattr(model, "null_id", getattr(model, "num_classes", None))
 
+
+def _model_context(model: nn.Module, context: Optional[Tensor]) -> Optional[Tensor]:
+    """Integer class ids [B] -> one-hot float [B, n_cfeat] for a float-vector model (ContextUnet); else as is."""
+    n_cfeat = getattr(model, "n_cfeat", None)
+    if context is None or context.is_floating_point() or not n_cfeat:
+        return context
+    return torch.nn.functional.one_hot(context.long(), n_cfeat).float()
+
 class Trainer:
     """Trains a diffusion model (objective "diffusion" + NoiseSchedule) or a score model ("dsm" + SDE).
 
@@ -105,10 +114,13 @@ class Trainer:
     or just ``image``. model_kwargs: the model's constructor kwargs, recorded so checkpoints can rebuild
     it (not needed for a model made by ``checkpoint.build_model``, which remembers them).
     ``fit()`` trains to the configured end; ``train(n)`` takes n more steps; ``save()`` writes a checkpoint.
+    on_log: called as ``on_log(step, metrics)`` at every log row (rank 0), metrics
+    ``{"loss", "lr", "images_per_s", "epoch"}`` (plain floats); loss.csv and loss.png are written as well.
     """
 
     def __init__(self, model: nn.Module, dataset, config: Optional[TrainConfig] = None,
-                 schedule: Optional[NoiseSchedule] = None, sde=None, model_kwargs: Optional[dict] = None):
+                 schedule: Optional[NoiseSchedule] = None, sde=None, model_kwargs: Optional[dict] = None,
+                 on_log: Optional[Callable[[int, dict], None]] = None):
         self.config = c = config if config is not None else TrainConfig()
         if c.objective == "diffusion" and schedule is None:
             raise ValueError("objective 'diffusion' needs schedule=NoiseSchedule(...)")
@@ -146,6 +158,11 @@ class Trainer:
         self.total_steps = c.steps if c.steps is not None else c.epochs * self.steps_per_epoch
         self.step = self.epoch = self.batch_in_epoch = 0                  # where training stands
         self.history = []                                                 # [step, loss, lr] per log row
+        self.on_log = on_log
+        self.tensorboard = None
+        if c.tensorboard and c.out_dir is not None and self.dist.is_main:
+            from .train_log import TensorBoardLog
+            self.tensorboard = TensorBoardLog(os.path.join(c.out_dir, "tensorboard"))
 
         self.train_model = self.model                                     # what the loss calls
         if world > 1:
@@ -164,6 +181,7 @@ class Trainer:
         x = x.to(self.device, non_blocking=True)
         if c.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        context = _model_context(self.model, context)
         context = context.to(self.device, non_blocking=True) if context is not None else None
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
@@ -222,6 +240,8 @@ class Trainer:
         """Per-process batches from where training stands (epoch, batch_in_epoch), forever."""
         while True:
             self.sampler.set_epoch(self.epoch)                            # shuffle with seed + epoch
+            if hasattr(self.dataset, "seed_augmentation"):                # flips: f(seed, epoch, index) alone
+                self.dataset.seed_augmentation(self.config.seed, self.epoch)
             indices = list(self.sampler)[self.batch_in_epoch * self.local_batch:
                                          self.steps_per_epoch * self.local_batch]
             loader = DataLoader(self.dataset, batch_size=self.local_batch, sampler=indices, drop_last=True,
@@ -272,7 +292,14 @@ class Trainer:
 
     def _log(self, loss: float, lr: float, images_per_s: float) -> None:
         self.history.append([self.step, loss, lr])
-        if self.config.out_dir is None or not self.dist.is_main:
+        if not self.dist.is_main:
+            return
+        metrics = {"loss": loss, "lr": lr, "images_per_s": images_per_s, "epoch": self.epoch}
+        if self.on_log is not None:
+            self.on_log(self.step, metrics)
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(self.step, metrics)
+        if self.config.out_dir is None:
             return
         os.makedirs(self.config.out_dir, exist_ok=True)
         path = os.path.join(self.config.out_dir, "loss.csv")
@@ -316,10 +343,12 @@ class Trainer:
                 imaging.save_class_grid(x.reshape(len(labels), m, *self.image_shape), labels, path)
             else:
                 imaging.save_image_grid(x, path, nrow=m)
+        if self.tensorboard is not None:
+            self.tensorboard.grid(self.step, x, nrow=m)
         return x
 
     def _class_names(self, k: int) -> list:
-        names = getattr(self.dataset, "class_names", None)
+        names = self.dataset_class_names()
         if names is None and self.example_context is not None and self.example_context.is_floating_point():
             from .data.sprites import CLASS_NAMES, SpriteArrays
             names = CLASS_NAMES if isinstance(self.dataset, SpriteArrays) else None
@@ -329,13 +358,26 @@ class Trainer:
     def checkpoint_path(self) -> Optional[str]:
         return os.path.join(self.config.out_dir, CHECKPOINT_NAME) if self.config.out_dir is not None else None
 
+    def dataset_class_names(self) -> Optional[list]:
+        """The dataset's class names (``classes``, as in torchvision, or ``class_names``), or None."""
+        names = getattr(self.dataset, "classes", None) or getattr(self.dataset, "class_names", None)
+        return [str(name) for name in names] if names is not None else None
+
     def state_dict(self) -> dict:
-        """Everything needed to continue bit for bit, as a checkpoint dict (see checkpoint.py)."""
+        """Everything needed to continue bit for bit, as a checkpoint dict (see checkpoint.py).
+
+        Also what the data was (``data["source"]``: its class, and its folder when it has one), so
+        that ``minidiff eval`` never measures the model against other data, and the class names."""
+        source = {"class": type(self.dataset).__name__}
+        if isinstance(getattr(self.dataset, "root", None), str):
+            source["root"] = os.path.abspath(self.dataset.root)
         return ckpt.make_checkpoint(
             self.model, model_kwargs=self.model_spec["kwargs"], schedule=self.schedule, sde=self.sde,
             ema_model=self.ema.model, optimizer=self.optimizer, grad_scaler=self.scaler, step=self.step,
-            data={"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "history": self.history},
-            train_config=self.config.to_dict())
+            data={"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "history": self.history,
+                  "source": source},
+            train_config=self.config.to_dict(),
+            class_names=self.dataset_class_names() if self.example_context is not None else None)
 
     def save(self, path: Optional[str] = None) -> Optional[str]:
         """Write a checkpoint (rank 0 only) to `path` or out_dir/checkpoint.pt; never with non-finite weights."""
@@ -343,8 +385,20 @@ class Trainer:
         if path is None:
             raise ValueError("save() needs a path when TrainConfig.out_dir is None")
         if self.dist.is_main:
-            ckpt.write_checkpoint(path, self.state_dict())
+            state = self.state_dict()
+            ckpt.write_checkpoint(path, state)
+            if self.config.keep_last and self.config.out_dir is not None:
+                self._write_milestone(state)
         return path
+
+    def _write_milestone(self, state: dict) -> None:
+        """out_dir/checkpoints/step_NNNNNN.pt, keeping only the newest `keep_last` of them."""
+        folder = os.path.join(self.config.out_dir, "checkpoints")
+        ckpt.write_checkpoint(os.path.join(folder, f"step_{self.step:06d}.pt"), state)
+        milestones = sorted((name for name in os.listdir(folder) if re.fullmatch(r"step_\d+\.pt", name)),
+                            key=lambda name: int(name[5:-3]))
+        for name in milestones[:-self.config.keep_last]:
+            os.remove(os.path.join(folder, name))
 
     def load_state(self, checkpoint: dict) -> None:
         """Continue from a checkpoint dict written by ``save`` (weights, EMA, optimiser, step, data order, RNG)."""
@@ -380,7 +434,7 @@ class Trainer:
         """One forward pass on dataset[0]: a clear error now instead of a shape error deep in step 1."""
         x, context = _split(self.dataset[0])
         x = torch.as_tensor(x)
-        context = torch.as_tensor(context) if context is not None else None
+        context = _model_context(self.model, torch.as_tensor(context)) if context is not None else None
         batch_context = context[None].to(self.device) if context is not None else None
         t = torch.ones(1, device=self.device)
         self.model.eval()

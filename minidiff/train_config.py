@@ -53,6 +53,8 @@ class TrainConfig:
     sample_steps: int = 25                # DDIM steps (or SDE steps) for those grids
     samples_per_class: int = 8            # columns of a grid (rows: classes, or 8 rows if unconditional)
     checkpoint_every: int = 0             # write out_dir/checkpoint.pt this often (and always at the end)
+    keep_last: int = 0                    # also keep the newest N of those as out_dir/checkpoints/step_NNNNNN.pt
+    tensorboard: bool = False             # also log loss, lr and sample grids to out_dir/tensorboard (extra)
     out_dir: Optional[str] = None         # where files go; None: train in memory, write nothing
     device: str = "auto"                  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:1" ...
     num_workers: int = 0                  # DataLoader worker processes
@@ -72,7 +74,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.steps must be None or an integer >= 0, got {self.steps!r}")
         for name, minimum in (("epochs", 1), ("batch_size", 1), ("grad_accum_steps", 1), ("log_every", 1),
                               ("sample_steps", 1), ("samples_per_class", 1), ("warmup_steps", 0),
-                              ("sample_every", 0), ("checkpoint_every", 0), ("num_workers", 0), ("seed", 0)):
+                              ("sample_every", 0), ("checkpoint_every", 0), ("keep_last", 0), ("num_workers", 0),
+                              ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"TrainConfig.{name} must be an integer >= {minimum}, got {value!r}")

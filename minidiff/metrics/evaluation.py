@@ -19,15 +19,21 @@ What is measured (all in the features of the data set's FeatureClassifier, see f
                      when >= 80% of its pixels are within 24 (of 255) of what the check asks for.
                      Real sprites pass 100%, uniform noise 0%; a sprite blurred by one pixel ~40%
 
-Sample k is conditioned on class k % K (K = 5 sprite classes, 10 digits), so every class gets n / K
-samples. Starting noises come from one generator seeded with `seed`, so two samplers evaluated with
-the same seed start from the same x_T: their numbers differ by the sampler alone.
+Your own images: ``reference=ImageFolder(root, size)`` with class subfolders measures against that
+folder, in the features of a classifier trained on it (features.folder_feature_extractor); the
+checkpoint's class names must be the folder's. ``evaluate_checkpoint`` (``minidiff eval``) reads what
+data a checkpoint was trained on and refuses to score it against data it has no feature network for.
+
+Sample k is conditioned on class k % K (K = 5 sprite classes, 10 digits, a folder's class count), so
+every class gets n / K samples. Starting noises come from one generator seeded with `seed`, so two
+samplers evaluated with the same seed start from the same x_T: their numbers differ by the sampler alone.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from typing import Optional
 
@@ -35,11 +41,21 @@ import torch
 from torch import Tensor
 
 from ..schedule import NoiseSchedule
-from .features import NATIVE_SIZE, NUM_CLASSES, FeatureClassifier, feature_extractor, procedural_data
+from .features import (
+    NATIVE_SIZE,
+    NUM_CLASSES,
+    FeatureClassifier,
+    feature_extractor,
+    folder_feature_extractor,
+    procedural_data,
+)
 from .statistics import class_accuracy, diversity, frechet_distance, precision_recall
 
 REFERENCE_SEED = 2024       # real images for comparison: not the classifier's training seed (1000)
 FLOOR_SEED = 2025           # the second real set, for fd_real
+# the training data classes (Trainer records type(dataset).__name__) that a built-in feature network knows
+FEATURE_DATASETS = {"ProceduralSprites": "sprites", "SpriteArrays": "sprites", "SpritesDataset": "sprites",
+                    "ProceduralDigits": "digits", "DigitArrays": "digits"}
 
 
 def infer_dataset(model) -> str:
@@ -155,17 +171,27 @@ def evaluate(model, schedule: NoiseSchedule, n: int = 500, sampler: str = "ddim"
     conditional model). device: where the model is and the classifier runs (default: the model's
     device). Returns a flat dict of plain numbers and strings (JSON-ready).
     """
-    dataset = dataset or infer_dataset(model)
+    folder = reference if getattr(reference, "classes", None) is not None and hasattr(reference, "root") else None
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    size = getattr(model, "height", None) or NATIVE_SIZE[dataset]
-    channels = 3 if dataset == "sprites" else 1
-    if classifier is None:
-        classifier = feature_extractor(dataset, device=device, cache_dir=cache_dir, progress=progress)
+    if folder is not None:                                           # a labelled ImageFolder
+        dataset, size, channels, num_classes = "folder", folder.size, folder.channels, len(folder.classes)
+        if classifier is None:
+            classifier = folder_feature_extractor(folder, device=device, cache_dir=cache_dir, progress=progress)
+    else:
+        dataset = dataset or infer_dataset(model)
+        size = getattr(model, "height", None) or NATIVE_SIZE[dataset]
+        channels, num_classes = (3 if dataset == "sprites" else 1), NUM_CLASSES[dataset]
+        if classifier is None:
+            classifier = feature_extractor(dataset, device=device, cache_dir=cache_dir, progress=progress)
     if n < 2 * k + 2:
         raise ValueError(f"n must be at least {2 * k + 2} for k-NN precision/recall with k={k}, got {n}")
 
-    class_ids = torch.arange(n) % NUM_CLASSES[dataset]               # balanced: sample k gets class k % K
+    class_ids = torch.arange(n) % num_classes                         # balanced: sample k gets class k % K
     conditional = class_contexts(model, class_ids[:1]) is not None
+    model_classes = getattr(model, "n_cfeat", None) or getattr(model, "num_classes", None)
+    if conditional and model_classes != num_classes:
+        raise ValueError(f"the model takes {model_classes} classes, the {dataset} data has {num_classes}: "
+                         f"it was not trained on this data")
     if guidance_scale is not None and not conditional:
         raise ValueError(f"guidance_scale needs a conditional model; {type(model).__name__} has neither "
                          f"n_cfeat (one-hot contexts) nor num_classes (class ids)")
@@ -175,14 +201,14 @@ def evaluate(model, schedule: NoiseSchedule, n: int = 500, sampler: str = "ddim"
                             prediction_type=prediction_type)
     seconds = time.perf_counter() - start
 
-    real_images, _ = _real_set(reference, dataset, n, size)
-    results = {"dataset": dataset, "sampler": sampler, "steps": steps if steps is not None else
-               (schedule.T if sampler == "ddpm" else 25), "spacing": spacing,
+    real_images, _ = _real_set(folder.tensors() if folder is not None else reference, dataset, n, size)
+    results = {"dataset": dataset if folder is None else f"folder {folder.root}", "sampler": sampler,
+               "steps": steps if steps is not None else (schedule.T if sampler == "ddpm" else 25), "spacing": spacing,
                "guidance_scale": guidance_scale if conditional else None, "n": n, "seed": seed,
                "nfe": nfe, "sample_seconds": seconds, "images_per_second": n / seconds}
     results.update(measure(samples, class_ids if conditional else None, real_images, classifier, dataset, k,
                            structure_tolerance, structure_min_fraction))
-    if reference is None:                                            # the floor: real vs real at this n
+    if reference is None and dataset != "folder":                   # the floor: real vs real at this n
         floor_images, _, _ = procedural_data(dataset, n, FLOOR_SEED, size)
         results["fd_real"] = frechet_distance(classifier.features(real_images), classifier.features(floor_images))
     else:
@@ -195,26 +221,71 @@ def evaluate_checkpoint(path: str, n: int = 500, sampler: str = "ddim", steps: O
                         guidance_scale: Optional[float] = None, *, seed: int = 0, device: str = "cpu",
                         spacing: str = "leading", eta: float = 0.0, batch_size: int = 250,
                         dataset: Optional[str] = None, classifier: Optional[FeatureClassifier] = None,
-                        cache_dir: Optional[str] = None, progress: bool = True) -> dict:
+                        cache_dir: Optional[str] = None, progress: bool = True,
+                        reference_dir: Optional[str] = None) -> dict:
     """``evaluate`` the model saved at `path`, with the schedule and prediction type it was trained with.
 
-    Uses the EMA weights when the checkpoint has them. The `python -m minidiff eval` command.
+    What it is measured against: `reference_dir` (a folder of real images with class subfolders; a
+    feature classifier is trained on it), else `dataset` ("sprites" | "digits"), else the data the
+    checkpoint says it was trained on, when a built-in feature network knows it; otherwise a ValueError
+    says how to measure it. Uses the EMA weights when the checkpoint has them. The `minidiff eval` command.
     """
     from .. import checkpoint as ckpt
     checkpoint = ckpt.load_checkpoint(path)
     model = ckpt.model_from_checkpoint(checkpoint, ema=True, device=device, path=os.fspath(path))
+    reference = None
+    if reference_dir is not None:
+        reference = _reference_folder(reference_dir, model, checkpoint.get("class_names"))
+    elif dataset is None:
+        dataset = _trained_on(checkpoint, model, os.fspath(path))
     schedule = ckpt.schedule_or_sde_from_checkpoint(checkpoint)
     if not isinstance(schedule, NoiseSchedule):
         raise ValueError(f"{path} holds a score-SDE model (or no schedule); evaluate supports discrete-time "
                          f"models trained with a NoiseSchedule")
     prediction_type = (checkpoint.get("train_config") or {}).get("prediction_type", "epsilon")
     results = evaluate(model, schedule, n=n, sampler=sampler, steps=steps, guidance_scale=guidance_scale,
-                       dataset=dataset, classifier=classifier, device=device, seed=seed, batch_size=batch_size,
+                       dataset=dataset, reference=reference, classifier=classifier, device=device, seed=seed,
+                       batch_size=batch_size,
                        spacing=spacing, eta=eta, prediction_type=prediction_type, cache_dir=cache_dir,
                        progress=progress)
     results["checkpoint"] = os.fspath(path)
     results["checkpoint_step"] = int(checkpoint.get("step", 0))
     return results
+
+
+def _trained_on(checkpoint: dict, model, path: str) -> str:
+    """"sprites" | "digits": the built-in feature network for the data the checkpoint was trained on."""
+    source = (checkpoint.get("data") or {}).get("source")
+    if source is None:                                               # written before checkpoints said
+        dataset = infer_dataset(model)
+        print(f"minidiff eval: note: {path} does not record its training data; measuring it against the "
+              f"procedural {dataset} (from its {model.in_channels} channels). Pass --dataset or --reference DIR "
+              f"to choose", file=sys.stderr)
+        return dataset
+    if source.get("class") in FEATURE_DATASETS:
+        return FEATURE_DATASETS[source["class"]]
+    where = f" {source['root']}" if source.get("root") else ""
+    raise ValueError(f"{path} was trained on {source.get('class')}{where}; minidiff eval has feature networks only "
+                     f"for the procedural sprites and digits. To measure it, pass --reference DIR, a folder of "
+                     f"real images with class subfolders (DIR/<class>/<image>; the training folder will do): a "
+                     f"feature classifier is trained on it (cached)")
+
+
+def _reference_folder(root: str, model, class_names):
+    """The labelled ImageFolder at `root`, read at the model's size and channels; its classes must be the model's."""
+    from ..data import ImageFolder
+    size = getattr(model, "height", None) or getattr(model, "image_size", None)
+    channels = getattr(model, "in_channels", 3)
+    if size is None:
+        raise ValueError(f"cannot tell the image size of {type(model).__name__} to read --reference {root} at")
+    folder = ImageFolder(root, size=int(size), random_flip=False, channels=channels)
+    if folder.classes is None:
+        raise ValueError(f"--reference {root} has no class subfolders (DIR/<class>/<image>): the feature "
+                         f"classifier needs labels to learn from")
+    if class_names is not None and list(class_names) != folder.classes:
+        raise ValueError(f"--reference {root} has classes {folder.classes}, the model was trained on "
+                         f"{list(class_names)}")
+    return folder
 
 
 def format_report(results: dict) -> str:
@@ -256,16 +327,22 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=500, help="samples, class-balanced (default 500)")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
     p.add_argument("--batch-size", type=int, default=250, help="images per sampling batch (default 250)")
-    p.add_argument("--dataset", choices=("sprites", "digits"), help="default: from the model's channels")
+    p.add_argument("--dataset", choices=("sprites", "digits"),
+                   help="measure against the procedural sprites or digits (default: the data the checkpoint was "
+                        "trained on)")
+    p.add_argument("--reference", metavar="DIR", help="measure against your own images: a folder with class "
+                   "subfolders (DIR/<class>/<image>); a feature classifier is trained on it once and cached")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto (default)")
     p.add_argument("--cache-dir", help="feature classifier cache (default: $MINIDIFF_CACHE, else ~/.cache/minidiff)")
     p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
     args = p.parse_args(argv)
+    if args.dataset is not None and args.reference is not None:
+        raise ValueError("choose one of --dataset and --reference")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     results = evaluate_checkpoint(args.checkpoint, n=args.n, sampler=args.sampler, steps=args.steps,
                                   guidance_scale=args.guidance_scale, seed=args.seed, device=device,
                                   spacing=args.spacing, eta=args.eta, batch_size=args.batch_size,
-                                  dataset=args.dataset, cache_dir=args.cache_dir)
+                                  dataset=args.dataset, cache_dir=args.cache_dir, reference_dir=args.reference)
     print(format_report(results))
     if args.json:
         with open(args.json, "w") as f:
