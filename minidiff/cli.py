@@ -342,25 +342,52 @@ def parse_context(text: str, model, n: int, class_names: Optional[List[str]] = N
 
 # -------------------------------------------------------------------------------------- eval / bench
 def cmd_delegate(command: str, argv: List[str]) -> int:
-    """`eval` and `bench` live in other modules, imported only when asked for: module.main(argv) -> int."""
+    """`eval` and `bench` live in other modules, imported only when asked for: module.main(argv) -> int.
+
+    The benchmarks are not part of the installed package (they belong to the source checkout, beside
+    tests/): after ``pip install .``, ``minidiff bench`` runs them when started inside a checkout, and
+    says how to get one otherwise.
+    """
     module_name = {"eval": "minidiff.metrics", "bench": "benchmarks.run_all"}[command]
     try:
-        module = importlib.import_module(module_name)
+        module = _import_delegate(module_name)
     except ModuleNotFoundError as error:
         if error.name is None or not module_name.startswith(error.name):
             raise
+        why = (f"{module_name} is not installed: the benchmarks live in benchmarks/ of minidiff's source checkout, "
+               f"which `pip install` does not copy. Run `minidiff bench ...` (or `python -m benchmarks.run_all "
+               f"--quick`, or `make bench`) inside a checkout" if command == "bench"
+               else f"{module_name} is not available in this installation")
         if "-h" in argv or "--help" in argv:
-            print(f"usage: minidiff {command} [ARGS ...]\n\nHanded to {module_name}.main(ARGS), which is not "
-                  f"available in this installation yet.")
+            print(f"usage: minidiff {command} [ARGS ...]\n\nHanded to {module_name}.main(ARGS); {why}.")
             return 0
-        print(f"minidiff {command}: error: {module_name} is not available in this installation yet",
-              file=sys.stderr)
+        print(f"minidiff {command}: error: {why}", file=sys.stderr)
         return 2
     entry = getattr(module, "main", None)
     if entry is None:
         print(f"minidiff {command}: error: {module_name} has no main(argv) entry point", file=sys.stderr)
         return 2
     return int(entry(argv) or 0)
+
+
+def _import_delegate(module_name: str):
+    """import `module_name`; for benchmarks.* also from a source checkout at or above the working folder."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if not module_name.startswith("benchmarks."):
+            raise
+        folder = os.getcwd()
+        while True:
+            if os.path.isfile(os.path.join(folder, "benchmarks", "run_all.py")) and \
+                    os.path.isfile(os.path.join(folder, "minidiff", "__init__.py")):
+                break
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                raise error from None
+            folder = parent
+    sys.path.insert(0, folder)
+    return importlib.import_module(module_name)
 
 
 if __name__ == "__main__":

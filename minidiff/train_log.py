@@ -1,4 +1,4 @@
-"""TensorBoard logging for the Trainer, an optional extra: ``pip install "minidiff[tensorboard]"``.
+"""TensorBoard logging for the Trainer, an optional extra: ``pip install tensorboard`` (or ``".[tensorboard]"``).
 
 ``TrainConfig(tensorboard=True, out_dir=...)`` makes the Trainer write loss, learning rate, images/s
 and its sample grids to ``out_dir/tensorboard``; view them with ``tensorboard --logdir out_dir``.
@@ -19,7 +19,8 @@ def summary_writer(log_dir: str):
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as error:      # torch.utils.tensorboard imports the tensorboard package
         raise ImportError(f"TrainConfig.tensorboard=True needs the tensorboard package ({error}); install it "
-                          f"with: pip install \"minidiff[tensorboard]\", or set tensorboard=False") from None
+                          f"with: pip install tensorboard (the minidiff[tensorboard] extra), or set "
+                          f"tensorboard=False") from None
     return SummaryWriter(log_dir=log_dir)
 
 
