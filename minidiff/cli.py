@@ -242,7 +242,7 @@ def cmd_sample(args) -> int:
     imaging.save_image_grid(x, args.out, nrow=args.nrow, scale=args.scale)
     print(f"wrote {args.out}")
     if args.out_dir is not None:
-        _write_images(x, args, class_names)
+        _write_images(x, args)
     if want_gif:
         imaging.save_trajectory_gif(trajectory["x"], args.gif, nrow=args.nrow, scale=args.scale)
         print(f"wrote {args.gif}")
@@ -265,10 +265,12 @@ def _sample_text_to_image(args, device) -> int:
              generator=torch.Generator().manual_seed(args.seed))
     imaging.save_image_grid(x, args.out, nrow=args.nrow, scale=args.scale)
     print(f"wrote {args.out}")
+    if args.out_dir is not None:
+        _write_images(x, args)
     return 0
 
 
-def _write_images(x, args, class_names) -> None:
+def _write_images(x, args) -> None:
     """--out-dir: image k as DIR/seed<S>_<k>.png (native size), and DIR/index.csv saying how each was made."""
     import csv
 
@@ -282,8 +284,9 @@ def _write_images(x, args, class_names) -> None:
     for k in range(len(pixels)):
         name = f"seed{args.seed}_{k:04d}.png"
         Image.fromarray(pixels[k, :, :, 0] if gray else pixels[k]).save(os.path.join(args.out_dir, name))
-        rows.append([name, k, args.seed, args.n, args.context or "", args.checkpoint, args.sampler or "default",
-                     args.steps or "default", args.guidance if args.guidance is not None else ""])
+        guidance = args.guidance if args.guidance is not None else ""
+        rows.append([name, k, args.seed, args.n, args.context or args.prompt or "", args.checkpoint,
+                     args.sampler or "default", args.steps or "default", guidance])
     with open(os.path.join(args.out_dir, "index.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["file", "image", "seed", "n", "context", "checkpoint", "sampler", "steps", "guidance"])

@@ -218,6 +218,18 @@ def test_labelled_folder_trains_conditionally_samples_per_class_and_evaluates_ag
     capsys.readouterr()
     assert main(["sample", "--checkpoint", str(run / "checkpoint.pt"), "--context", "hero", "--n", "1"]) == 2
     assert "['blue', 'green', 'red']" in capsys.readouterr().err
+    from minidiff.pretrained import export_checkpoint, read_index
+    export_checkpoint(run / "checkpoint.pt", tmp_path / "shared")                 # class names travel along
+    assert read_index(tmp_path / "shared")["class_names"] == ["blue", "green", "red"]
+    assert main(["sample", "--checkpoint", str(tmp_path / "shared"), "--context", "blue", "--n", "2", "--steps", "2",
+                 "--out-dir", str(tmp_path / "shared_samples"), "--device", "cpu"]) == 0
+    assert (tmp_path / "shared_samples" / "seed0_0001.png").is_file()
+
+    other = labelled_folder(tmp_path / "other", per_class=1)
+    os.rename(other / "red", other / "pink")
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--reference", str(other), "--n", "8"]) == 2
+    assert "['blue', 'green', 'pink']" in capsys.readouterr().err                # not the data it was trained on
 
     assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--reference", str(root), "--n", "12",
                  "--steps", "3", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"),
@@ -238,3 +250,21 @@ def test_eval_refuses_to_score_a_folder_model_against_sprites(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--n", "8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ImageFolder" in err[0] and "--reference" in err[0], err
+
+    flat = tmp_path / "flat"                                                   # --no-labels: unconditional
+    assert main(["train", "--data", str(root), "--no-labels", "--steps", "1", "--batch-size", "6", "--out", str(flat),
+                 "--device", "cpu", "--no-progress"]) == 0
+    saved = ckpt.load_checkpoint(flat / "checkpoint.pt")
+    assert saved["class_names"] is None and saved["model"]["kwargs"]["n_cfeat"] == 5     # the preset's, unused
+
+
+def test_eval_reads_what_a_checkpoint_was_trained_on(capsys):
+    from minidiff.metrics.evaluation import _trained_on
+
+    model = ContextUnet(in_channels=3, n_feat=8, n_cfeat=5, height=16)
+    assert _trained_on({"data": {"source": {"class": "ProceduralSprites"}}}, model, "a.pt") == "sprites"
+    assert _trained_on({"data": {"source": {"class": "DigitArrays"}}}, model, "a.pt") == "digits"
+    with pytest.raises(ValueError, match=r"trained on MyData; .*--reference DIR"):
+        _trained_on({"data": {"source": {"class": "MyData"}}}, model, "a.pt")
+    assert _trained_on({"data": {}}, model, "old.pt") == "sprites"              # older files: said, not silent
+    assert "old.pt does not record its training data" in capsys.readouterr().err

@@ -102,12 +102,6 @@ def load_image(path: str, size: int, channels: int = 3) -> np.ndarray:
     return pixels if pixels.ndim == 3 else pixels[..., None]
 
 
-def load_rgb_square(path: str, size: int) -> np.ndarray:
-    """One 8-bit image file -> (size, size, 3) uint8 (see ``load_image``; higher bit depths are rounded)."""
-    pixels = load_image(path, size, 3)
-    return pixels if pixels.dtype == np.uint8 else np.round(pixels * 255).astype(np.uint8)
-
-
 def _class_folders(root: str, extensions) -> Optional[list]:
     """Sorted names of root's class subfolders if root is labelled (no images of its own), else None."""
     entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
@@ -121,8 +115,8 @@ class ImageFolder(Dataset):
     """The images under ``root``: item ``k`` is ``[channels, size, size]`` in [-1, 1], and its class id
     (an int) when the folder is labelled (see the module docstring).
 
-    Attributes: ``paths`` (sorted), and for a labelled folder ``classes``, ``class_to_idx`` and
-    ``targets`` (one class id per path), as in torchvision; ``classes`` is None for a flat folder.
+    Attributes: ``paths`` (sorted), and for a labelled folder ``classes``, ``class_to_idx``, ``targets``
+    (one class id per path) and ``samples`` ((path, class id) pairs), as in torchvision; None for a flat folder.
     Raises FileNotFoundError for a missing folder, one without images of the accepted ``extensions``,
     or a class folder without images; reading a file that is not a valid image raises ValueError naming it.
 
@@ -149,7 +143,7 @@ class ImageFolder(Dataset):
         if labelled and classes is None:
             raise FileNotFoundError(f"labelled=True needs class subfolders (root/<class>/<image>) and no images "
                                     f"directly in {root}")
-        self.classes, self.class_to_idx, self.targets = None, None, None
+        self.classes, self.class_to_idx, self.targets, self.samples = None, None, None, None
         if classes is None:
             self.paths = _find_images(root, self.extensions)
         else:
@@ -162,6 +156,7 @@ class ImageFolder(Dataset):
             self.class_to_idx = {name: i for i, name in enumerate(classes)}
             self.paths = [p for paths in per_class for p in paths]
             self.targets = [i for i, paths in enumerate(per_class) for _ in paths]
+            self.samples = list(zip(self.paths, self.targets))                # torchvision's (path, class id) list
         if not self.paths:
             raise FileNotFoundError(f"no images with extensions {self.extensions} in {root} (searched recursively)")
 
