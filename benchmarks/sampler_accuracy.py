@@ -101,13 +101,9 @@ class Mixture1D:
         k = torch.multinomial(w, n, replacement=True, generator=generator)
         return m[k] + s[k] * torch.randn(n, generator=generator, dtype=torch.float64)
 
-    def score(self, x: Tensor) -> Tensor:
-        """grad_x log p(x) = sum_k r_k(x) (m_k - x) / s_k^2, r_k the posterior responsibilities."""
-        w, m, s = self.tensors()
-        xk = x.unsqueeze(-1)                                                   # [..., 1] against [K]
-        log_joint = torch.log(w) - 0.5 * ((xk - m) / s) ** 2 - torch.log(s)   # [..., K]
-        r = torch.softmax(log_joint, dim=-1)
-        return (r * (m - xk) / s**2).sum(-1)
+    def oracle(self) -> md.exact.GaussianMixture:
+        """The same law in md.exact, which gives the exact eps / score of every noisy version of it."""
+        return md.exact.GaussianMixture(list(self.means), list(self.stds), list(self.weights))
 
 
 @functools.lru_cache(maxsize=64)
@@ -119,32 +115,6 @@ def _quantile_grid(law: Mixture1D, n: int) -> Tensor:
 GAUSSIAN = Mixture1D(weights=(1.0,), means=(0.5,), stds=(0.5,))
 MIXTURE = Mixture1D(weights=(0.3, 0.7), means=(-1.0, 1.0), stds=(0.3, 0.4))
 DATASETS = {"gaussian": GAUSSIAN, "mixture": MIXTURE}
-
-
-class ExactEps:
-    """model(x, t) -> E[eps | x_i]: the perfect eps network for `data` under a NoiseSchedule; counts its calls."""
-
-    def __init__(self, data: Mixture1D, schedule: md.NoiseSchedule):
-        self.data, self.schedule, self.nfe = data, schedule, 0
-
-    def __call__(self, x: Tensor, t: Tensor, context=None) -> Tensor:
-        self.nfe += 1
-        i = float(t[0]) * self.schedule.T - 1                                 # t = (i + 1) / T, possibly fractional
-        alpha_bar = float(self.schedule.alpha_bar_at(min(max(i, 0.0), self.schedule.T - 1)))
-        sigma = math.sqrt(1 - alpha_bar)
-        return -sigma * self.data.noisy(math.sqrt(alpha_bar), sigma).score(x)  # eps = -sigma * score
-
-
-class ExactScore:
-    """score_model(x, t) -> grad log p_t(x) for `data` under an SDE; counts its calls."""
-
-    def __init__(self, data: Mixture1D, sde: md.SDE):
-        self.data, self.sde, self.nfe = data, sde, 0
-
-    def __call__(self, x: Tensor, t: Tensor, context=None) -> Tensor:
-        self.nfe += 1
-        c, sigma = kernel(self.sde, float(t[0]))
-        return self.data.noisy(c, sigma).score(x)
 
 
 def kernel(sde: md.SDE, t: float):
@@ -185,13 +155,13 @@ def draw(run: Run, data: Mixture1D, steps: int, n: int, seed: int, schedule: md.
     """(samples [n], NFE, target Mixture1D) for one run at one step count, started from exact quantiles."""
     generator = torch.Generator().manual_seed(seed)
     if run.method.startswith("sde:"):
-        model = ExactScore(data, sde)
+        model = md.exact.ExactScore(data.oracle(), sde)                        # counts its calls in .nfe
         x_T = data.noisy(*kernel(sde, 1.0)).quantile_grid(n)[:, None].clone()  # p at t = 1, exactly
         x = md.sde_sample(model, sde, (n, 1), method=run.method[4:], steps=steps, x_T=x_T, generator=generator,
                           progress=False)
         target = data.noisy(*kernel(sde, 1e-3))                               # sde_sample stops at t = eps = 1e-3
     else:
-        model = ExactEps(data, schedule)
+        model = md.exact.ExactModel(data.oracle(), schedule)                   # E[eps | x_i]; counts .nfe
         alpha_bar = float(schedule.alpha_bar_at(float(schedule.timesteps(steps, run.spacing)[0])))
         x_T = data.noisy(math.sqrt(alpha_bar), math.sqrt(1 - alpha_bar)).quantile_grid(n)[:, None].clone()
         x = md.sample(model, schedule, (n, 1), sampler=run.method, steps=steps, eta=run.eta, spacing=run.spacing,

@@ -29,7 +29,6 @@ from torch import Tensor, nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import PALETTE, heatmap, parse_args, plot_panels, print_table, side_by_side, stack, wrote  # noqa: E402
-from toy_2d import ExactEps, GaussianMixture2D  # noqa: E402
 
 import minidiff as md  # noqa: E402
 from minidiff.imaging import grid_image  # noqa: E402
@@ -68,26 +67,26 @@ def sample_ddpm(model, schedule, x_T, add_noise: bool, seed: int = 0) -> Tensor:
                      generator=torch.Generator().manual_seed(seed), progress=False)
 
 
-def cluster_spread(data: GaussianMixture2D, x: Tensor) -> float:
+def cluster_spread(data: md.exact.GaussianMixture, x: Tensor) -> float:
     """The std of the points around the mean of their own cluster (nearest mode), per coordinate."""
-    _, mode = data.nearest_distance(x)
+    _, mode = data.nearest(x)
     centred = torch.cat([x[mode == k] - x[mode == k].mean(0) for k in mode.unique()])
     return centred.std().item()
 
 
 def show_no_noise(p: Preset, out: str) -> tuple:
-    data = GaussianMixture2D()
+    data = md.exact.GaussianMixture.ring(k=8, radius=1.0, std=0.08)
     schedule = md.NoiseSchedule.linear(T=p.T)
-    model = ExactEps(data, schedule)
+    model = md.exact.ExactModel(data, schedule)
     x_T = torch.randn(p.n_samples, 2, generator=torch.Generator().manual_seed(0))
     right, wrong = sample_ddpm(model, schedule, x_T, True), sample_ddpm(model, schedule, x_T, False)
     lim = {"xlim": (-1.6, 1.6), "ylim": (-1.6, 1.6)}
     picture = plot_panels([
-        {"title": "data", "points": [(data.sample(p.n_samples), PALETTE[0])], **lim},
+        {"title": "data", "points": [(data.sample(p.n_samples).float(), PALETTE[0])], **lim},
         {"title": "right: DDPM with noise", "points": [(right, PALETTE[2])], **lim},
         {"title": "mistake: no noise", "points": [(wrong, PALETTE[1])], **lim},
     ], os.path.join(out, "no_noise.png"))
-    rows = [["no_noise", "spread within a cluster (std)", data.std, cluster_spread(data, right),
+    rows = [["no_noise", "spread within a cluster (std)", data.stds[0].item(), cluster_spread(data, right),
              cluster_spread(data, wrong)]]
     return picture, rows
 
@@ -223,13 +222,13 @@ near +-1, and decoding them gives the wrong images. Clip only in the space where
 
 
 def show_clip_latents(p: Preset, out: str) -> tuple:
-    latents = GaussianMixture2D(k=1, radius=0.0, std=2.0)          # latents with std 2: N(0, 4 I)
+    latents = md.exact.GaussianMixture([[0.0, 0.0]], [2.0])       # latents with std 2: N(0, 4 I)
     schedule = md.NoiseSchedule.linear(T=p.T)
-    model = ExactEps(latents, schedule)
+    model = md.exact.ExactModel(latents, schedule)
     x_T = torch.randn(p.n_samples, 2, generator=torch.Generator().manual_seed(0))
     right = md.sample(model, schedule, x_T.shape, sampler="ddim", steps=50, x_T=x_T, progress=False)
     wrong = md.sample(model, schedule, x_T.shape, sampler="ddim", steps=50, x_T=x_T, clip_x0=True, progress=False)
-    z = latents.sample(p.n_samples, torch.Generator().manual_seed(1))
+    z = latents.sample(p.n_samples, torch.Generator().manual_seed(1)).float()
     errors = [roundtrip_error(model, schedule, z, clip) for clip in (False, True)]
     lim = {"xlim": (-6, 6), "ylim": (-6, 6)}
     box = [[-1, -1], [1, -1], [1, 1], [-1, 1], [-1, -1]]
@@ -333,17 +332,17 @@ class OffByOneTime(nn.Module):
 
 
 def show_grid_off_by_one(p: Preset, out: str) -> tuple:
-    data = GaussianMixture2D(k=1, radius=0.0, std=0.1)              # N(0, 0.1^2 I): the answer is std 0.1
+    data = md.exact.GaussianMixture([[0.0, 0.0]], [0.1])            # N(0, 0.1^2 I): the answer is std 0.1
     x_T = torch.randn(10 * p.n_samples, 2, generator=torch.Generator().manual_seed(0))
     curves = {"right": [], "wrong": []}
     for T in (50, 100, 200, 500, 1000):
         # a linear schedule stretched to T steps (the same total noise for every T)
         schedule = md.NoiseSchedule.linear(T=T, beta_start=0.1 / T, beta_end=20 / T)
-        model = ExactEps(data, schedule)
+        model = md.exact.ExactModel(data, schedule)
         for name, net in (("right", model), ("wrong", OffByOneTime(model, T))):
             x = md.sample(net, schedule, x_T.shape, sampler="ddpm", x_T=x_T,
                           generator=torch.Generator().manual_seed(0), progress=False)
-            curves[name].append((math.log10(T), x.std().item() / data.std))
+            curves[name].append((math.log10(T), x.std().item() / data.stds[0].item()))
     picture = plot_panels([{
         "title": "DDPM sample std / data std vs T", "xlabel": "log10 T",
         "lines": [(curves["right"], PALETTE[2]), (curves["wrong"], PALETTE[1]),

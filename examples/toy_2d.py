@@ -3,7 +3,8 @@
 The data is a mixture of 8 small Gaussians on a circle. For such data every noisy marginal
 q(x_i) = sum_k w_k N(sqrt(alpha_bar) m_k, (alpha_bar s^2 + 1 - alpha_bar) I) is known in closed form,
 so the *exact* noise prediction E[eps | x_i] (equivalently the exact score
-grad log q(x_i) = -eps / sqrt(1 - alpha_bar)) can be written down. We then
+grad log q(x_i) = -eps / sqrt(1 - alpha_bar)) can be written down: md.exact.ExactModel is that
+network, the one a perfect training run would give. We then
 
   1. train a small MLP with the DDPM loss (md.diffusion_loss, Ho et al. 2020, Algorithm 1),
   2. compare its score with the exact one, as arrows and as a relative error per noise level,
@@ -19,7 +20,6 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -48,45 +48,10 @@ PRESETS = {
 
 
 # ------------------------------------------------------------------------------------------ the data
-class GaussianMixture2D:
-    """K isotropic Gaussians N(m_k, s^2 I) with equal weights: the data, and its exact noisy marginals."""
-
-    def __init__(self, k: int = 8, radius: float = 1.0, std: float = 0.08):
-        angles = torch.arange(k, dtype=torch.float64) * 2 * math.pi / k
-        self.means = radius * torch.stack([angles.cos(), angles.sin()], 1)      # [K, 2]
-        self.std = std
-
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
-        which = torch.randint(len(self.means), (n,), generator=generator)
-        return (self.means[which] + self.std * torch.randn(n, 2, generator=generator, dtype=torch.float64)).float()
-
-    def exact_eps(self, x: Tensor, alpha_bar: float) -> Tensor:
-        """E[eps | x_i] for x_i = sqrt(a) x0 + sqrt(1 - a) eps: [N, 2] -> [N, 2] (a = alpha_bar)."""
-        a, xd = alpha_bar, x.double()
-        var = a * self.std**2 + (1 - a)                                          # every component's variance
-        diff = xd[:, None, :] - math.sqrt(a) * self.means[None]                  # [N, K, 2]
-        r = torch.softmax(-0.5 * diff.pow(2).sum(-1) / var, dim=1)              # responsibilities [N, K]
-        return (math.sqrt(1 - a) * (r[..., None] * diff).sum(1) / var).to(x.dtype)
-
-    def nearest_distance(self, x: Tensor) -> Tensor:
-        """Distance of each point to its nearest mode centre [N], and which mode that is."""
-        d = torch.cdist(x.double(), self.means)                                 # [N, K]
-        return d.min(1)
-
-
-class ExactEps(nn.Module):
-    """The exact noise predictor of a GaussianMixture2D, called like any minidiff network: model(x, t)."""
-
-    def __init__(self, mixture: GaussianMixture2D, schedule: md.NoiseSchedule):
-        super().__init__()
-        self.mixture, self.schedule = mixture, schedule
-
-    def alpha_bar(self, t: Tensor) -> float:
-        i = float(t.flatten()[0]) * self.schedule.T - 1                          # t = (i + 1) / T
-        return 1.0 if i < 0 else float(self.schedule.alpha_bar_at(min(i, self.schedule.T - 1)))
-
-    def forward(self, x: Tensor, t: Tensor, context=None) -> Tensor:
-        return self.mixture.exact_eps(x, self.alpha_bar(t))
+def draw(data: md.exact.GaussianMixture, n: int, generator: torch.Generator) -> Tensor:
+    """n points of the data as float32 [n, 2]. The data is md.exact.GaussianMixture.ring(): 8 Gaussians
+    N(m_k, 0.08^2 I) with equal weights and centres on the unit circle; md.exact knows its noisy marginals."""
+    return data.sample(n, generator).float()
 
 
 # ------------------------------------------------------------------------------------------ the model
@@ -107,14 +72,14 @@ class ToyEpsMLP(nn.Module):
         return self.net(torch.cat([x, self.time_embed(t)], dim=1))              # [N, 2 + time_dim] -> [N, 2]
 
 
-def train(model: nn.Module, data: GaussianMixture2D, schedule: md.NoiseSchedule, p: Preset,
+def train(model: nn.Module, data: md.exact.GaussianMixture, schedule: md.NoiseSchedule, p: Preset,
           generator: torch.Generator, device) -> list:
     """The whole of DDPM training: draw a batch, md.diffusion_loss, Adam step. Returns the losses."""
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     lr_decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, p.train_steps)
     losses = []
     for _ in range(p.train_steps):
-        x0 = data.sample(p.batch_size, generator).to(device)
+        x0 = draw(data, p.batch_size, generator).to(device)
         loss = md.diffusion_loss(model, x0, schedule, generator=generator)
         optimizer.zero_grad()
         loss.backward()
@@ -131,9 +96,9 @@ def main(argv=None) -> dict:
     if device.type == "cpu":
         torch.set_num_threads(1)            # a tiny MLP: extra CPU threads cost more than they save
     generator = torch.Generator().manual_seed(args.seed)
-    data = GaussianMixture2D()
+    data = md.exact.GaussianMixture.ring(k=8, radius=1.0, std=0.08)
     schedule = md.NoiseSchedule.cosine(T=p.T)
-    exact = ExactEps(data, schedule)
+    exact = md.exact.ExactModel(data, schedule)                  # E[eps | x_i], the network a perfect fit would be
     model = ToyEpsMLP(p.hidden).to(device)
 
     with Timer() as timer:
@@ -146,7 +111,7 @@ def main(argv=None) -> dict:
     score_rows = []
     for i in (p.T // 20, p.T // 4, p.T // 2, 3 * p.T // 4):
         a = float(schedule.alphas_cumprod[i])
-        x0 = data.sample(2000, generator)
+        x0 = draw(data, 2000, generator)
         x_i = schedule.add_noise(x0, torch.randn(x0.shape, generator=generator), i)
         t = schedule.model_time(i).float().expand(len(x_i))
         with torch.no_grad():
@@ -180,7 +145,7 @@ def main(argv=None) -> dict:
     runs = [("data", None, None, None), ("exact, ddpm", exact, "ddpm", None), ("learned, ddpm", model, "ddpm", None),
             ("learned, ddim 20", model, "ddim", 20), ("learned, dpmpp_2m 10", model, "dpmpp_2m", 10)]
     panels, sample_rows, trajectories = [], [], {}
-    data_points = data.sample(p.n_samples, generator)
+    data_points = draw(data, p.n_samples, generator)
     for name, net, sampler, steps in runs:
         nfe, seconds = 0, 0.0
         if net is None:
@@ -191,8 +156,8 @@ def main(argv=None) -> dict:
                                     generator=torch.Generator().manual_seed(args.seed), progress=False,
                                     return_trajectory=True)
             nfe, seconds, trajectories[name] = traj["nfe"], timer.seconds, traj["x"]
-        dist, mode = data.nearest_distance(x)
-        covered = torch.bincount(mode[dist < 4 * data.std], minlength=len(data.means))
+        dist, mode = data.nearest(x)
+        covered = torch.bincount(mode[dist < 4 * data.stds[0]], minlength=len(data.means))
         sample_rows.append([name, nfe, round(seconds, 3), dist.mean().item(), f"{int((covered > 0).sum())}/8",
                             x.std(0).mean().item()])
         panels.append({"title": f"{name}" + (f" (NFE {nfe})" if nfe else ""), "points": [(x, PALETTE[len(panels) % 5])],

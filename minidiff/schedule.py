@@ -185,6 +185,18 @@ class NoiseSchedule:
         # alpha_bar = sigmoid(lambda); exact table entries at integer i (also where lambda is -inf).
         return torch.where(w == 0, self.alphas_cumprod[lo], torch.sigmoid(lam))
 
+    def alpha_bar_at_time(self, t: Union[Tensor, float]) -> Tensor:
+        """alpha_bar at the network's time t in [0, 1] (any shape), float64 on the CPU.
+
+        t = (i + 1) / T is step i: `alpha_bar_at(t T - 1)` for t in [1/T, 1]. Below the first step,
+        t in [0, 1/T), 1 - alpha_bar falls linearly from 1 - alpha_bar[0] to 0 at t = 0, as it does for
+        the VP SDE: continuous at t = 1/T, and t = 0 is clean data (alpha_bar = 1). Rounding below 0
+        (a float32 t - 1/T) counts as 0.
+        """
+        i = torch.as_tensor(t).detach().to("cpu", torch.float64) * self.T - 1          # fractional step index
+        below = 1 - (i + 1).clamp(min=0) * (1 - self.alphas_cumprod[0])                # t < 1/T: linear in t
+        return torch.where(i < 0, below, self.alpha_bar_at(i.clamp(min=0)))
+
     def step_index_from_sigma(self, sigma: Tensor) -> Tensor:
         """The fractional step index i whose noise level is sigma (inverse of `alpha_bar_at`), float64."""
         neg_log_snr = -self.log_snr[torch.isfinite(self.log_snr)]                 # increasing in i

@@ -281,11 +281,7 @@ class ScoreFromEps(nn.Module):
 
     def alpha_bar(self, t: Tensor) -> Tensor:
         """alpha_bar at SDE time t, float64 [B] on the CPU."""
-        T = self.schedule.T
-        i = _check_time(t).detach().to("cpu", torch.float64) * T - 1       # fractional step index
-        first = 1 - self.schedule.alphas_cumprod[0]                        # 1 - alpha_bar_0
-        below = 1 - (i + 1).clamp(min=0) * first                           # t < 1/T: linear in t
-        return torch.where(i < 0, below, self.schedule.alpha_bar_at(i.clamp(min=0)))
+        return self.schedule.alpha_bar_at_time(_check_time(t))             # t < 1/T: linear to 1 at t = 0
 
     def forward(self, x: Tensor, t: Tensor, context: Optional[Tensor] = None) -> Tensor:
         t = _check_time(t, x)

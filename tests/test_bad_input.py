@@ -23,7 +23,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from test_exact_models import ExactGaussianMixtureEps
 
 import minidiff as md
 from minidiff import checkpoint as ckpt
@@ -37,6 +36,7 @@ from minidiff.data import (
     from_uint8_images,
     to_uint8_images,
 )
+from minidiff.exact import ExactModel, ExactScore, GaussianMixture
 from minidiff.metrics import frechet_distance
 from minidiff.nn import (
     AutoEncoder,
@@ -54,13 +54,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAN, INF = float("nan"), float("inf")
 S = md.NoiseSchedule.linear(T=20)
 ZERO_SNR = md.NoiseSchedule.linear(T=20, zero_terminal_snr=True)
-EPS_MODEL = ExactGaussianMixtureEps(S, [0.5], [0.3])
+EPS_MODEL = ExactModel(GaussianMixture([0.5], [0.3]), S)
 VE = md.VESDE(sigma=25.0)
 
 
-def exact_score(x, t, context=None):
-    """The exact VE score of N(0, I) data: -x / (1 + std(t)^2)."""
-    return -x / (1 + VE.marginal_std(t).to(x.dtype).reshape(-1, *[1] * (x.ndim - 1)) ** 2)
+exact_score = ExactScore(GaussianMixture([0.0], [1.0]), VE)   # the exact VE score of N(0, I) data
 
 
 def row(id_, call, error, match):

@@ -9,9 +9,9 @@ import math
 
 import pytest
 import torch
-from test_exact_models import ExactGaussianMixtureEps
 
 import minidiff as md
+from minidiff.exact import ExactModel, GaussianMixture
 
 SCHEDULE = md.NoiseSchedule.linear(T=1000)
 
@@ -46,7 +46,7 @@ def published_dpmpp_2m(model, schedule, grid, x):
 @pytest.mark.parametrize("spacing", ["trailing", "leading", "karras"])
 @pytest.mark.parametrize("steps", [3, 10])
 def test_dpmpp_2m_is_the_published_algorithm(spacing, steps):
-    model = ExactGaussianMixtureEps(SCHEDULE, [-1.0, 0.5], [0.2, 0.4], [0.3, 0.7])
+    model = ExactModel(GaussianMixture([-1.0, 0.5], [0.2, 0.4], [0.3, 0.7]), SCHEDULE)
     x_T = torch.linspace(-3, 3, 41, dtype=torch.float64)[:, None]
     grid = SCHEDULE.timesteps(steps, spacing=spacing).tolist()
     expected = published_dpmpp_2m(model, SCHEDULE, grid, x_T)

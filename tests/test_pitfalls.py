@@ -5,9 +5,9 @@ import os
 import sys
 
 import torch
-from test_exact_models import ExactGaussianMixtureEps
 
 import minidiff as md
+from minidiff.exact import ExactModel, GaussianMixture
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
 import pitfalls  # noqa: E402
@@ -21,7 +21,7 @@ def _gaussian_samples(model, schedule, n=4000, **options):
 
 def test_no_noise_collapses_the_sample_std():
     schedule = md.NoiseSchedule.linear(T=500)
-    model = ExactGaussianMixtureEps(schedule, means=[0.0], stds=[0.5])
+    model = ExactModel(GaussianMixture(means=[0.0], stds=[0.5]), schedule)
     x_T = torch.randn(4000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     right = pitfalls.sample_ddpm(model, schedule, x_T, add_noise=True).std().item()
     wrong = pitfalls.sample_ddpm(model, schedule, x_T, add_noise=False).std().item()
@@ -79,7 +79,7 @@ def test_attention_without_scale_collapses_entropy():
 
 def test_clipping_latents_distorts_them():
     schedule = md.NoiseSchedule.linear(T=1000)
-    model = ExactGaussianMixtureEps(schedule, means=[0.0], stds=[2.0])          # latents with std 2
+    model = ExactModel(GaussianMixture(means=[0.0], stds=[2.0]), schedule)          # latents with std 2
     right = _gaussian_samples(model, schedule, sampler="ddim", steps=50).std().item()
     wrong = _gaussian_samples(model, schedule, sampler="ddim", steps=50, clip_x0=True).std().item()
     assert abs(right / 2 - 1) < 0.06 and wrong < 1.2
@@ -97,7 +97,7 @@ def test_ema_weights_beat_raw_weights_on_a_noisy_toy():
 
 def test_grid_off_by_one_biases_the_sample_std():
     schedule = md.NoiseSchedule.linear(T=1000)
-    model = ExactGaussianMixtureEps(schedule, means=[0.0], stds=[0.1])
+    model = ExactModel(GaussianMixture(means=[0.0], stds=[0.1]), schedule)
     right = _gaussian_samples(model, schedule, sampler="ddpm").std().item() / 0.1
     wrong = _gaussian_samples(pitfalls.OffByOneTime(model, schedule.T), schedule, sampler="ddpm").std().item() / 0.1
     # Same x_T and the same noise for both runs, so their difference is the bias alone (about +2%; the

@@ -18,9 +18,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_exact_models import ExactGaussianMixtureEps
 
 import minidiff as md
+from minidiff.exact import ExactModel, ExactScore, GaussianMixture
 from minidiff.schedule import PREDICTION_TYPES, SPACINGS
 
 MAX_EXAMPLES = 50
@@ -123,7 +123,7 @@ def test_timestep_grids_are_descending_unique_and_in_range(data, T, spacing, zer
 
 # ------------------------------------------------------------------------------------------ samplers' shapes
 SCHEDULE = md.NoiseSchedule.linear(T=50, beta_end=0.2)          # alpha_bar down to ~1e-3: the full noise range
-EPS_MODEL = ExactGaussianMixtureEps(SCHEDULE, [0.5, -0.5], [0.2, 0.3])
+EPS_MODEL = ExactModel(GaussianMixture([0.5, -0.5], [0.2, 0.3]), SCHEDULE)
 
 
 def shapes(min_rank=2, max_rank=5):
@@ -152,10 +152,7 @@ def test_sample_returns_the_requested_shape_finite(shape, sampler, spacing, step
 def test_sde_sample_returns_the_requested_shape_finite(shape, sde, method, steps, seed):
     sde = {"ve": md.VESDE(sigma=25.0), "vp": md.VPSDE(), "subvp": md.SubVPSDE()}[sde]
 
-    def exact_score(x, t, context=None):                             # data N(0, I): p_t = N(0, m^2 + std^2)
-        mean, std = sde.marginal_prob(torch.ones_like(x), t)
-        return -x / (mean**2 + std**2)
-
+    exact_score = ExactScore(GaussianMixture([0.0], [1.0]), sde)      # data N(0, I): p_t = N(0, m^2 + std^2)
     if method == "pc" and not isinstance(sde, md.VESDE):
         steps += 25                                                  # VP's predictor needs beta(t) dt < 1
     x = md.sde_sample(exact_score, sde, shape, method=method, steps=steps, ode_solver="heun", progress=False,

@@ -28,6 +28,7 @@ import minidiff as md
 from minidiff import checkpoint as ckpt
 from minidiff.cli import main as cli_main
 from minidiff.data import SpritesDataset, load_sprites
+from minidiff.exact import ExactScore, GaussianMixture
 from minidiff.nn import ContextUnet, ScoreUNet
 from minidiff.train import TrainConfig, Trainer
 
@@ -282,8 +283,7 @@ def test_same_seed_same_samples_other_seed_other_samples(sampler, options):
 def test_same_seed_same_sde_samples(method):
     sde = md.VPSDE()
 
-    def score(x, t, context=None):                                          # exact score of N(0, I) data
-        return -x
+    score = ExactScore(GaussianMixture([0.0], [1.0]), sde)                  # exact score of N(0, I) data: -x
 
     def draw(seed):
         return md.sde_sample(score, sde, (3, 2), method=method, steps=25, ode_solver="heun", progress=False,

@@ -82,7 +82,7 @@ def test_exact_model_and_quantiles():
     assert sa.errors(grid, law, 0.0)["w1"] < 1e-12
     assert abs(sa.errors(grid, law, 0.0)["weight_err"]) <= 1 / 1000
     schedule = md.NoiseSchedule.linear(T=1000)
-    model = sa.ExactEps(sa.GAUSSIAN, schedule)
+    model = md.exact.ExactModel(sa.GAUSSIAN.oracle(), schedule)
     alpha_bar = float(schedule.alphas_cumprod[499])
     x = torch.linspace(-2, 2, 5, dtype=torch.float64)[:, None]
     eps = model(x, torch.full((5,), 500 / 1000, dtype=torch.float64))

@@ -1,10 +1,10 @@
-"""Samplers driven by EXACT denoisers (tests/test_exact_models.py) must reproduce the data distribution."""
+"""Samplers driven by EXACT denoisers (minidiff.exact) must reproduce the data distribution."""
 
 import pytest
 import torch
-from test_exact_models import ExactGaussianMixtureEps
 
 import minidiff as md
+from minidiff.exact import ExactModel, GaussianMixture
 
 SCHEDULE = md.NoiseSchedule.linear(T=1000)
 MU, SD = 0.5, 0.5
@@ -23,7 +23,7 @@ def standard_normal(n, seed=0, dtype=torch.float64):
     ("ddim", 1000, {"eta": 1.0}),
 ])
 def test_stochastic_samplers_recover_gaussian(sampler, steps, kwargs):
-    model = ExactGaussianMixtureEps(SCHEDULE, [MU], [SD])
+    model = ExactModel(GaussianMixture([MU], [SD]), SCHEDULE)
     x = md.sample(model, SCHEDULE, (20_000, 1), sampler=sampler, steps=steps, progress=False,
                   generator=torch.Generator().manual_seed(0), **kwargs)
     # sampling error of 20k draws: std(mean) = 0.0035, std(std) = 0.0025
@@ -40,7 +40,7 @@ def test_stochastic_samplers_recover_gaussian(sampler, steps, kwargs):
     ("heun", "linspace", 20, 0.015),      # measured 0.010
 ])
 def test_ode_samplers_recover_gaussian_at_their_budget(sampler, spacing, steps, tolerance):
-    model = ExactGaussianMixtureEps(SCHEDULE, [MU], [SD])
+    model = ExactModel(GaussianMixture([MU], [SD]), SCHEDULE)
     x = md.sample(model, SCHEDULE, (4096, 1), sampler=sampler, steps=steps, spacing=spacing,
                   x_T=standard_normal(4096), progress=False, dtype=torch.float64)
     assert x.mean().item() == pytest.approx(MU, abs=2e-3)
@@ -51,7 +51,7 @@ def test_ode_samplers_recover_gaussian_at_their_budget(sampler, spacing, steps, 
     ("ddim", "leading", 1), ("euler", "karras", 1), ("heun", "linspace", 2), ("dpmpp_2m", "karras", 2)])
 def test_convergence_order(sampler, spacing, order):
     """Doubling the steps divides the error by ~2 (first order) or ~4 (second order)."""
-    model = ExactGaussianMixtureEps(SCHEDULE, [MU], [SD])
+    model = ExactModel(GaussianMixture([MU], [SD]), SCHEDULE)
     errors = []
     for steps in (40, 80):
         x = md.sample(model, SCHEDULE, (1024, 1), sampler=sampler, steps=steps, spacing=spacing,
@@ -67,7 +67,7 @@ def test_convergence_order(sampler, spacing, order):
     ("ddpm", None, "leading"), ("ddim", 50, "leading"), ("dpmpp_2m", 20, "karras"),
     ("euler", 50, "karras"), ("heun", 20, "linspace")])
 def test_samplers_recover_mixture_weights(sampler, steps, spacing):
-    model = ExactGaussianMixtureEps(SCHEDULE, [-1.0, 1.0], [0.2, 0.2], [0.3, 0.7])
+    model = ExactModel(GaussianMixture([-1.0, 1.0], [0.2, 0.2], [0.3, 0.7]), SCHEDULE)
     x = md.sample(model, SCHEDULE, (10_000, 1), sampler=sampler, steps=steps, spacing=spacing, progress=False,
                   generator=torch.Generator().manual_seed(1))
     right = x[x > 0]
@@ -80,7 +80,7 @@ def test_samplers_recover_mixture_weights(sampler, steps, spacing):
 # --------------------------------------------------------------------------- exact identities
 def test_ddim_eta1_every_step_equals_ddpm_posterior_variance():
     s = md.NoiseSchedule.linear(T=100, beta_start=1e-3, beta_end=0.05)
-    model = ExactGaussianMixtureEps(s, [-1.0, 1.0], [0.3, 0.3])
+    model = ExactModel(GaussianMixture([-1.0, 1.0], [0.3, 0.3]), s)
     x_T = torch.randn(512, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     a = md.sample(model, s, x_T.shape, "ddim", steps=100, eta=1.0, x_T=x_T, progress=False,
                   generator=torch.Generator().manual_seed(4))
@@ -90,7 +90,7 @@ def test_ddim_eta1_every_step_equals_ddpm_posterior_variance():
 
 
 def test_ddim_eta0_is_deterministic_and_lands_on_clean_x0():
-    model = ExactGaussianMixtureEps(SCHEDULE, [MU], [SD])
+    model = ExactModel(GaussianMixture([MU], [SD]), SCHEDULE)
     x_T = torch.randn(64, 1, generator=torch.Generator().manual_seed(0))
     a, traj = md.sample(model, SCHEDULE, x_T.shape, "ddim", steps=25, x_T=x_T, return_trajectory=True,
                         progress=False, generator=torch.Generator().manual_seed(1))
@@ -103,7 +103,7 @@ def test_ddim_eta0_is_deterministic_and_lands_on_clean_x0():
 
 def test_ddim_inversion_round_trip():
     """x0 -> x_T -> x0 through the DDIM ODE; the error is first order in the step size."""
-    model = ExactGaussianMixtureEps(SCHEDULE, [MU], [SD])
+    model = ExactModel(GaussianMixture([MU], [SD]), SCHEDULE)
     x0 = MU + SD * torch.randn(256, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     errors = []
     for steps in (100, 200):
@@ -118,7 +118,7 @@ def test_ddim_inversion_round_trip():
 
 def test_ddim_inversion_on_the_karras_grid():
     """The karras grid has fractional step indices: inversion reads them through alpha_bar_at."""
-    model = ExactGaussianMixtureEps(SCHEDULE, [MU], [SD])
+    model = ExactModel(GaussianMixture([MU], [SD]), SCHEDULE)
     x0 = MU + SD * torch.randn(256, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     x_T = md.ddim_invert(model, SCHEDULE, x0, steps=100, spacing="karras")
     back = md.sample(model, SCHEDULE, x0.shape, "ddim", steps=100, spacing="karras", x_T=x_T, progress=False)
@@ -126,16 +126,9 @@ def test_ddim_inversion_on_the_karras_grid():
 
 
 def test_prediction_types_give_the_same_samples():
-    s = SCHEDULE
-    eps_model = ExactGaussianMixtureEps(s, [MU], [SD])
-
-    def as_x0(x, t, context=None):
-        return md.x0_from_eps(x, eps_model(x, t), eps_model.alpha_bar(t))
-
-    def as_v(x, t, context=None):
-        a = eps_model.alpha_bar(t)
-        eps = eps_model(x, t)
-        return md.v_from_x0_eps(md.x0_from_eps(x, eps, a), eps, a)
+    s, data = SCHEDULE, GaussianMixture([MU], [SD])
+    eps_model = ExactModel(data, s)
+    as_x0, as_v = ExactModel(data, s, "sample"), ExactModel(data, s, "v_prediction")
 
     x_T = standard_normal(128)
     ref = md.sample(eps_model, s, x_T.shape, "dpmpp_2m", steps=10, x_T=x_T, progress=False)
@@ -145,7 +138,7 @@ def test_prediction_types_give_the_same_samples():
 
 
 def test_same_generator_same_samples():
-    model = ExactGaussianMixtureEps(SCHEDULE, [MU], [SD])
+    model = ExactModel(GaussianMixture([MU], [SD]), SCHEDULE)
     runs = [md.sample(model, SCHEDULE, (8, 1), "ddpm", steps=50, progress=False,
                       generator=torch.Generator().manual_seed(seed)) for seed in (7, 7, 8)]
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
@@ -153,7 +146,7 @@ def test_same_generator_same_samples():
 
 def test_ddpm_without_extra_noise_collapses():
     """The course's demo: dropping z in every step gives (nearly) one image, the data mean."""
-    model = ExactGaussianMixtureEps(SCHEDULE, [MU], [SD])
+    model = ExactModel(GaussianMixture([MU], [SD]), SCHEDULE)
     x = md.sample(model, SCHEDULE, (2000, 1), "ddpm", add_noise=False, progress=False,
                   generator=torch.Generator().manual_seed(0))
     assert x.std().item() < 0.05 * SD and x.mean().item() == pytest.approx(MU, abs=0.01)
@@ -206,7 +199,7 @@ def test_sampling_switches_dropout_off_and_restores_mode():
 
 
 def test_clipping_and_dynamic_thresholding_bound_x0():
-    model = ExactGaussianMixtureEps(SCHEDULE, [3.0], [0.1])             # data far outside [-1, 1]
+    model = ExactModel(GaussianMixture([3.0], [0.1]), SCHEDULE)             # data far outside [-1, 1]
     x = md.sample(model, SCHEDULE, (64, 1), "ddim", steps=10, clip_x0=True, progress=False,
                   generator=torch.Generator().manual_seed(0))
     assert x.abs().max().item() <= 1.0 + 1e-6
@@ -216,6 +209,6 @@ def test_clipping_and_dynamic_thresholding_bound_x0():
 
 
 def test_heun_nfe_and_trajectory_lengths():
-    model = ExactGaussianMixtureEps(SCHEDULE, [MU], [SD])
+    model = ExactModel(GaussianMixture([MU], [SD]), SCHEDULE)
     _, traj = md.sample(model, SCHEDULE, (4, 1), "heun", steps=10, return_trajectory=True, progress=False)
     assert traj["nfe"] == 19 and len(traj["x"]) == 11

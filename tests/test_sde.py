@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from minidiff.exact import ExactModel, ExactScore, GaussianMixture
 from minidiff.likelihood import dequantize_8bit, log_likelihood
 from minidiff.losses import dsm_loss
 from minidiff.ode import dopri5_step, heun, rk45
@@ -49,82 +50,35 @@ def kernel(sde, t):
     return mean, std
 
 
-# -------------------------------------------------------------------- exact scores
-class GaussianData:
-    """Data N(mu, Sigma); Sigma = U diag(lam) U^T. p_t = N(m mu, U diag(m^2 lam + std^2) U^T)."""
-
-    def __init__(self, mu, cov):
-        self.mu = torch.as_tensor(mu, dtype=torch.float64)
-        self.cov = torch.as_tensor(cov, dtype=torch.float64)
-        self.lam, self.U = torch.linalg.eigh(self.cov)
-
-    def sample(self, n, generator):
-        z = torch.randn(n, self.mu.numel(), generator=generator, dtype=torch.float64)
-        return (self.mu + z @ torch.linalg.cholesky(self.cov).T).float()
-
-    def score_model(self, sde):
-        def score(x, t, context=None):
-            m, std = sde.marginal_prob(torch.ones_like(x[:, :1]), t)          # [B, 1] each
-            var = m**2 * self.lam.to(x) + std**2                              # [B, D] in the eigenbasis
-            d = (x - m * self.mu.to(x)) @ self.U.to(x)
-            return -(d / var) @ self.U.to(x).T
-        return score
-
-    def logp(self, sde, x, t):
-        """log p_t(x) of the data distribution at time t."""
-        m, std = kernel(sde, t)
-        var = m**2 * self.lam + std**2
-        d = (x.double() - m * self.mu) @ self.U
-        return (-0.5 * torch.log(2 * math.pi * var) - d**2 / (2 * var)).sum(1)
-
-    def flow(self, sde, x, t_from, t_to):
-        """The exact probability-flow map from t_from to t_to: affine, scaling each eigen-direction."""
-        m0, s0 = kernel(sde, t_from)
-        m1, s1 = kernel(sde, t_to)
-        ratio = ((m1**2 * self.lam + s1**2) / (m0**2 * self.lam + s0**2)).sqrt()     # [1, D]
-        return m1 * self.mu + ((x.double() - m0 * self.mu) @ self.U * ratio) @ self.U.T, ratio
-
-    def model_logp(self, sde, x, eps):
-        """log-density at x of the model 'prior at t = 1 pushed through the exact flow to t = eps'."""
-        z, ratio = self.flow(sde, x, eps, 1.0)
-        return sde.prior_logp(z) + torch.log(ratio).sum()
+# -------------------------------------------------------------------- exact scores (minidiff.exact)
+GAUSS = GaussianMixture.gaussian([0.5] * 4, 0.3**2 * torch.eye(4))      # N(0.5, 0.3^2) per dim, D = 4
+MIXTURE = GaussianMixture([[1.2, 0.0], [-1.0, 1.5], [-1.5, -2.25]], [0.25] * 3, [0.5, 0.3, 0.2])   # mean 0
 
 
-class GaussianMixture2D:
-    """Three well-separated isotropic components; the mixture mean is 0 so the priors are centred on it."""
-
-    weights = torch.tensor([0.5, 0.3, 0.2])
-    means = torch.tensor([[1.2, 0.0], [-1.0, 1.5], [-1.5, -2.25]])
-    std = 0.25
-
-    def sample(self, n, generator):
-        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        return self.means[k] + self.std * torch.randn(n, 2, generator=generator)
-
-    def _log_joint(self, sde, x, t):
-        m, std = sde.marginal_prob(torch.ones_like(x[:, :1]), t)             # [B, 1]
-        var = m**2 * self.std**2 + std**2                                     # [B, 1]
-        d = x[:, None, :] - m[:, None, :] * self.means.to(x)[None]            # [B, K, 2]
-        log_joint = torch.log(self.weights.to(x))[None] - (d**2).sum(-1) / (2 * var) - torch.log(2 * math.pi * var)
-        return log_joint, d, var
-
-    def score_model(self, sde):
-        def score(x, t, context=None):
-            log_joint, d, var = self._log_joint(sde, x, t)
-            r = torch.softmax(log_joint, dim=-1)                              # responsibilities [B, K]
-            return -(r[..., None] * d).sum(1) / var
-        return score
-
-    def logp(self, sde, x, t):
-        x = x.double()
-        log_joint, _, _ = self._log_joint(sde, x, torch.full((x.shape[0],), t, dtype=torch.float64))
-        return torch.logsumexp(log_joint, dim=-1)
-
-    def assign(self, x):
-        return ((x[:, None, :] - self.means[None]) ** 2).sum(-1).argmin(1)
+def log_p(data, sde, x, t):
+    """log p_t(x) of the data at SDE time t (a number): [B, D] -> [B], float64."""
+    m, std = kernel(sde, t)
+    return data.log_prob(x.double(), m.item(), std.item())
 
 
-GAUSS = GaussianData(mu=[0.5] * 4, cov=0.3**2 * torch.eye(4))   # N(0.5, 0.3^2) per dim, D = 4
+def gaussian_flow(data, sde, x, t_from, t_to):
+    """The exact probability-flow map of one Gaussian N(mu, U diag(lam) U^T) from t_from to t_to: affine,
+    scaling each eigen-direction by sqrt(var_to / var_from), var = m^2 lam + std^2. Returns (x_to, ratio [1, D])."""
+    mu, lam, U = data.means[0], data.lam[0], data.U[0]
+    m0, s0 = kernel(sde, t_from)
+    m1, s1 = kernel(sde, t_to)
+    ratio = ((m1**2 * lam + s1**2) / (m0**2 * lam + s0**2)).sqrt()           # [1, D]
+    return m1 * mu + ((x.double() - m0 * mu) @ U * ratio) @ U.T, ratio
+
+
+def model_logp(data, sde, x, eps):
+    """log-density at x of the model 'prior at t = 1 pushed through the exact flow to t = eps'."""
+    z, ratio = gaussian_flow(data, sde, x, eps, 1.0)
+    return sde.prior_logp(z) + torch.log(ratio).sum()
+
+
+def nearest_component(data, x):
+    return ((x[:, None, :] - data.means[None].to(x)) ** 2).sum(-1).argmin(1)
 
 
 # -------------------------------------------------------------------- the SDEs themselves
@@ -288,7 +242,7 @@ def test_samplers_recover_gaussian_data(name, method):
     Observed errors over the 16 cases: at most 0.0096 (mean) and 0.0087 (std).
     """
     sde, eps = SDES[name](), 1e-3
-    x = sde_sample(GAUSS.score_model(sde), sde, (4000, 4), eps=eps, generator=torch.Generator().manual_seed(1),
+    x = sde_sample(ExactScore(GAUSS, sde), sde, (4000, 4), eps=eps, generator=torch.Generator().manual_seed(1),
                    progress=False, **METHODS[method])
     m_eps, s_eps = kernel(sde, eps)
     m_1, s_1 = kernel(sde, 1.0)
@@ -304,8 +258,8 @@ def test_samplers_recover_gaussian_data(name, method):
 def test_a_wrong_score_fails_the_gaussian_check():
     """The check above has power: the score of N(0.5, 0.33^2) (10% too wide) gives a std error > 0.02 (0.033)."""
     sde = VPSDE()
-    wrong = GaussianData(mu=[0.5] * 4, cov=0.33**2 * torch.eye(4))
-    x = sde_sample(wrong.score_model(sde), sde, (4000, 4), steps=500, generator=torch.Generator().manual_seed(1),
+    wrong = GaussianMixture([[0.5] * 4], [0.33])
+    x = sde_sample(ExactScore(wrong, sde), sde, (4000, 4), steps=500, generator=torch.Generator().manual_seed(1),
                    progress=False)
     assert (x.std(0) - 0.3).abs().max() > 0.02
 
@@ -315,8 +269,8 @@ def test_ode_solvers_follow_the_exact_flow(name):
     """From the same x_T, RK45 and Heun land where the exact (affine) probability flow does."""
     sde, eps = SDES[name](), 1e-3
     x_T = sde.prior_sample((256, 4), generator=torch.Generator().manual_seed(0))
-    exact, _ = GAUSS.flow(sde, x_T, 1.0, eps)
-    score = GAUSS.score_model(sde)
+    exact, _ = gaussian_flow(GAUSS, sde, x_T, 1.0, eps)
+    score = ExactScore(GAUSS, sde)
     x, info = sde_sample(score, sde, x_T.shape, method="ode", eps=eps, x_T=x_T, progress=False, return_info=True)
     assert (x.double() - exact).abs().max() < 5e-4           # observed <= 7.4e-5
     assert info["nfe"] < 200                        # observed 62 (VE), 80 (VP), 74 (sub-VP), 116 (geometric VE)
@@ -333,14 +287,14 @@ def test_ode_solvers_follow_the_exact_flow(name):
 def test_samplers_recover_mixture_weights(name, method):
     """2-D three-component mixture, 4000 samples: weights within 0.03 (observed <= 0.011), component
     stds within 0.035 (observed <= 0.016)."""
-    sde, mixture = SDES[name](), GaussianMixture2D()
-    x = sde_sample(mixture.score_model(sde), sde, (4000, 2), generator=torch.Generator().manual_seed(1),
+    sde, mixture = SDES[name](), MIXTURE
+    x = sde_sample(ExactScore(mixture, sde), sde, (4000, 2), generator=torch.Generator().manual_seed(1),
                    progress=False, **METHODS[method])
-    k = mixture.assign(x)
+    k = nearest_component(mixture, x)
     fractions = torch.bincount(k, minlength=3).float() / x.shape[0]
     assert (fractions - mixture.weights).abs().max() < 0.03
     for j in range(3):
-        assert ((x[k == j] - mixture.means[j]).std(0) - mixture.std).abs().max() < 0.035
+        assert ((x[k == j] - mixture.means[j].float()).std(0) - mixture.stds[j]).abs().max() < 0.035
 
 
 # -------------------------------------------------------------------- likelihood
@@ -349,17 +303,17 @@ def test_log_likelihood_exact_trace_matches_the_closed_form(name):
     """Per sample within 2e-3 bits/dim (observed <= 3e-5) of the model's exact density: the prior pushed
     through the exact flow. Where the prior matches p_1 (VP, sub-VP) that is the data density within 0.02."""
     sde, eps = SDES[name](), 1e-5
-    x = GAUSS.sample(256, torch.Generator().manual_seed(2))
-    bpd, info = log_likelihood(GAUSS.score_model(sde), sde, x, trace="exact", eps=eps, return_info=True)
+    x = GAUSS.sample(256, torch.Generator().manual_seed(2)).float()
+    bpd, info = log_likelihood(ExactScore(GAUSS, sde), sde, x, trace="exact", eps=eps, return_info=True)
     D = x.shape[1]
-    model_bpd = -GAUSS.model_logp(sde, x, eps) / (D * math.log(2))
+    model_bpd = -model_logp(GAUSS, sde, x, eps) / (D * math.log(2))
     assert bpd.shape == (256,) and info["nfe"] > 0
     assert (bpd - model_bpd).abs().max() < 2e-3
     if name in ("vp", "subvp"):
-        data_bpd = -GAUSS.logp(sde, x, eps) / (D * math.log(2))
+        data_bpd = -log_p(GAUSS, sde, x, eps) / (D * math.log(2))
         assert (bpd - data_bpd).abs().max() < 0.02            # observed 7.9e-3
     # Rademacher probes are exact when the Jacobian is diagonal (isotropic data)
-    rademacher = log_likelihood(GAUSS.score_model(sde), sde, x, trace="rademacher", eps=eps,
+    rademacher = log_likelihood(ExactScore(GAUSS, sde), sde, x, trace="rademacher", eps=eps,
                                 generator=torch.Generator().manual_seed(3))
     assert (rademacher - model_bpd).abs().max() < 2e-3
 
@@ -370,15 +324,15 @@ def test_hutchinson_estimate_is_unbiased(trace):
     0.05 bits/dim (standard error ~0.009; observed -0.019 / -0.016) while single estimates scatter by ~0.75."""
     gen = torch.Generator().manual_seed(0)
     A = torch.randn(4, 4, generator=gen, dtype=torch.float64)
-    data = GaussianData(mu=[0.5, -0.3, 0.2, 0.0], cov=A @ A.T / 4 + 0.05 * torch.eye(4, dtype=torch.float64))
+    data = GaussianMixture.gaussian([0.5, -0.3, 0.2, 0.0], A @ A.T / 4 + 0.05 * torch.eye(4, dtype=torch.float64))
     sde = VPSDE()
-    x = data.sample(8, gen).repeat_interleave(1024, dim=0)
-    exact = -data.model_logp(sde, x, 1e-5) / (4 * math.log(2))
-    bpd = log_likelihood(data.score_model(sde), sde, x, trace=trace, generator=torch.Generator().manual_seed(1))
+    x = data.sample(8, gen).float().repeat_interleave(1024, dim=0)
+    exact = -model_logp(data, sde, x, 1e-5) / (4 * math.log(2))
+    bpd = log_likelihood(ExactScore(data, sde), sde, x, trace=trace, generator=torch.Generator().manual_seed(1))
     error = bpd.double() - exact
     assert abs(error.mean().item()) < 0.05
     assert error.std().item() > 0.3
-    assert (log_likelihood(data.score_model(sde), sde, x[::1024], trace="exact") - exact[::1024]).abs().max() < 2e-3
+    assert (log_likelihood(ExactScore(data, sde), sde, x[::1024], trace="exact") - exact[::1024]).abs().max() < 2e-3
 
 
 @pytest.mark.parametrize("name", SDES)
@@ -386,10 +340,10 @@ def test_log_likelihood_of_a_mixture(name):
     """Exact trace vs the mixture's own log-density at t = eps: per sample within 0.02 bits/dim (observed
     <= 2e-3). The tutorial VE's prior N(0, 96.9) ignores the mixture's variance (~1.5), which moves
     single samples by up to 0.05-0.1 bits/dim; for it only the mean over samples is held to 0.02 (observed 2e-4)."""
-    sde, mixture = SDES[name](), GaussianMixture2D()
-    x = mixture.sample(300, torch.Generator().manual_seed(4))
-    bpd = log_likelihood(mixture.score_model(sde), sde, x, trace="exact")
-    error = bpd.double() + mixture.logp(sde, x, 1e-5) / (2 * math.log(2))
+    sde, mixture = SDES[name](), MIXTURE
+    x = mixture.sample(300, torch.Generator().manual_seed(4)).float()
+    bpd = log_likelihood(ExactScore(mixture, sde), sde, x, trace="exact")
+    error = bpd.double() + log_p(mixture, sde, x, 1e-5) / (2 * math.log(2))
     assert (error.mean().abs() if name == "ve" else error.abs().max()) < 0.02
 
 
@@ -405,8 +359,7 @@ def test_dequantisation():
     offsets = (dequantize_8bit(k_many, gen) + 1) * 128 - k_many.float()         # U(0, 1) within each bin
     assert abs(offsets.mean().item() - 0.5) < 0.02 and abs(offsets.var().item() - 1 / 12) < 0.01
     sde = VPSDE()
-    data = GaussianData(mu=[0.0] * 4, cov=0.25 * torch.eye(4))
-    score = data.score_model(sde)
+    score = ExactScore(GaussianMixture([[0.0] * 4], [0.5]), sde)
 
     def flat_score(x, t, context=None):                       # the Gaussian's score, for [B, 1, 2, 2] images
         return score(x.flatten(1), t).reshape(x.shape)
@@ -417,29 +370,17 @@ def test_dequantisation():
 
 
 # -------------------------------------------------------------------- DDPM network -> score model
-def exact_eps_model(schedule, mu, s):
-    """E[eps | x_i] for data N(mu, s^2), at integer steps i = t T - 1, in the network's own time convention."""
-    def model(x, t, context=None):
-        i = torch.round(t.double() * schedule.T - 1).long()
-        ab = schedule.alphas_cumprod[i].to(x)[:, None]
-        return (1 - ab).sqrt() * (x - ab.sqrt() * mu) / (ab * s**2 + 1 - ab)
-    return model
-
-
 def test_as_score_model_on_an_exact_eps_model_gives_the_exact_score():
     schedule = NoiseSchedule.linear(T=1000)
     i = torch.tensor([0, 1, 10, 250, 500, 998, 999])
     t = (i + 1).double() / schedule.T
     x = torch.randn(7, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    score = as_score_model(exact_eps_model(schedule, 0.5, 0.3), schedule)(x, t)
+    data = GaussianMixture([0.5], [0.3])
+    score = as_score_model(ExactModel(data, schedule), schedule)(x, t)
     ab = schedule.alphas_cumprod[i][:, None]
     torch.testing.assert_close(score, -(x - ab.sqrt() * 0.5) / (ab * 0.09 + 1 - ab), rtol=1e-10, atol=1e-10)
-
-    def exact_x0_model(x, t, context=None):                   # the same model, predicting x0 instead
-        ab_t = schedule.alphas_cumprod[torch.round(t * 1000 - 1).long()][:, None]
-        return (x - (1 - ab_t).sqrt() * exact_eps_model(schedule, 0.5, 0.3)(x, t)) / ab_t.sqrt()
-
-    torch.testing.assert_close(as_score_model(exact_x0_model, schedule, prediction_type="sample")(x, t), score)
+    x0_model = ExactModel(data, schedule, prediction_type="sample")           # the same model, predicting x0
+    torch.testing.assert_close(as_score_model(x0_model, schedule, prediction_type="sample")(x, t), score)
     # below the first step, 1 - alpha_bar falls linearly to 0: finite, and continuous at t = 1/T
     bridge = as_score_model(lambda x, t, c=None: torch.ones_like(x), schedule)
     near = bridge.alpha_bar(torch.tensor([1e-5, 1e-3 - 1e-12, 1e-3], dtype=torch.float64))
@@ -450,24 +391,12 @@ def test_a_ddpm_eps_model_sampled_by_the_vp_samplers():
     """An exact DDPM eps model (linear schedule, T = 1000), bridged, sampled by EM and the ODE: N(0.5, 0.3^2)
     within 0.03 (observed mean/std errors <= 0.01)."""
     schedule = NoiseSchedule.linear(T=1000)
-    score = as_score_model(_FractionalEpsModel(schedule, 0.5, 0.3), schedule)
+    score = as_score_model(ExactModel(GaussianMixture([0.5], [0.3]), schedule), schedule)
     sde = VPSDE.from_schedule(schedule)
     for method in ("euler_maruyama", "ode"):
         x = sde_sample(score, sde, (4000, 4), method=method, steps=500, generator=torch.Generator().manual_seed(1),
                        progress=False)
         assert (x.mean(0) - 0.5).abs().max() < 0.03 and (x.std(0) - 0.3).abs().max() < 0.03, method
-
-
-class _FractionalEpsModel(torch.nn.Module):
-    """E[eps | x] for N(mu, s^2) data at any t, with alpha_bar interpolated as the schedule does."""
-
-    def __init__(self, schedule, mu, s):
-        super().__init__()
-        self.schedule, self.mu, self.s = schedule, mu, s
-
-    def forward(self, x, t, context=None):
-        ab = as_score_model(None, self.schedule).alpha_bar(t).to(x)[:, None]
-        return (1 - ab).sqrt() * (x - ab.sqrt() * self.mu) / (ab * self.s**2 + 1 - ab)
 
 
 # -------------------------------------------------------------------- the loss
@@ -498,7 +427,7 @@ def test_dsm_loss_closed_forms():
     t = torch.linspace(1e-5, 1, 200001, dtype=torch.float64)
     m, std = kernel(sde, t)
     expected = D * torch.trapezoid((m**2 * 0.09 / (m**2 * 0.09 + std**2)).flatten(), t).item() / (1 - 1e-5)
-    loss = dsm_loss(GAUSS.score_model(sde), GAUSS.sample(40000, gen), sde, generator=gen).item()
+    loss = dsm_loss(ExactScore(GAUSS, sde), GAUSS.sample(40000, gen).float(), sde, generator=gen).item()
     assert loss == pytest.approx(expected, rel=0.05)
 
 
@@ -529,16 +458,15 @@ class _ConditionalScore(torch.nn.Module):
 
     def __init__(self, sde):
         super().__init__()
-        self.sde, self.calls = sde, []
-        self.mus = torch.tensor([-1.0, 1.0, 0.0])
+        self.calls = []
+        self.scores = [ExactScore(GaussianMixture([mu], [std]), sde) for mu, std in ((-1.0, 0.3), (1.0, 0.3),
+                                                                                      (0.0, 1.09**0.5))]
         self.linear = torch.nn.Linear(1, 1)                          # gives the module a parameter and a device
 
     def forward(self, x, t, context):
         self.calls.append((x.shape[0], context.clone(), self.training))
-        m, std = self.sde.marginal_prob(torch.ones_like(x), t)
-        mu = self.mus[context][:, None]
-        var = torch.where(context == 2, 1.09, 0.09)[:, None]
-        return -(x - m * mu) / (m**2 * var + std**2)
+        scores = torch.stack([score(x, t) for score in self.scores])             # [3, B, D]: every class's
+        return scores[context, torch.arange(x.shape[0])]                          # [B, D]: each sample's own
 
 
 def test_classifier_free_guidance():
