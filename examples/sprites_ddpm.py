@@ -1,10 +1,9 @@
-"""The sprites course in one script: train a ContextUnet DDPM on 16x16 sprites, then sample it every way.
+"""The sprites course in one page: train a ContextUnet DDPM on 16x16 sprites, then sample it every way.
 
-The four lessons of DeepLearning.AI's "How Diffusion Models Work", built on minidiff:
-  1. sampling   - DDPM over all T steps, and the same loop WITHOUT the re-injected noise (it collapses)
-  2. training   - the ContextUnet learns to predict the noise eps added to x0 (Ho et al. 2020, Algorithm 1)
-  3. control    - one row per class, mixed contexts (hero + food ...), classifier-free guidance scales
-  4. speed-up   - DDIM in 25 steps and DPM-Solver++ in 20, timed against DDPM
+DeepLearning.AI's "How Diffusion Models Work", built on minidiff, every part made here, top to bottom:
+  the data -> the network (ContextUnet) -> the noise schedule -> training (TrainConfig + Trainer, Ho et al.
+  2020 Algorithm 1) -> the course's sampling loop written by hand over md.Stepper, with and without the
+  extra noise -> DDIM and DPM-Solver++ through md.sample -> contexts, mixed contexts, guidance -> numbers.
 
     python examples/sprites_ddpm.py                      # quick preset on CPU (~6 min), course preset on CUDA
     python examples/sprites_ddpm.py --preset smoke       # seconds: checks everything runs
@@ -12,10 +11,11 @@ The four lessons of DeepLearning.AI's "How Diffusion Models Work", built on mini
     python examples/sprites_ddpm.py --data sprites_1788_16x16.npy --labels sprite_labels_nc_1788_16x16.npy
     python examples/sprites_ddpm.py --data my_pixel_art/            # a folder of images: unconditional
 
-Without --data it trains on minidiff's embedded procedural sprites (the course's .npy files cannot be
-downloaded here); they have the same shape, the same five classes and the same format. A folder of your
-own images (any size; centre-cropped and resized to 16x16) has no labels, so the context lessons are skipped.
-Everything is written under --out (default outputs/sprites_ddpm/).
+--preset smoke|quick|course|long picks the sizes from minidiff.presets.PRESETS, the table `minidiff train
+--preset` reads too, so the command line and this page train the same run. Without --data it trains on the
+embedded procedural sprites (the course's .npy files cannot be downloaded here): same shape, same five classes.
+A folder of your own images (any size; centre-cropped and resized to 16x16) is sampled without contexts,
+so the context lessons are skipped. Everything is written under --out (default outputs/sprites_ddpm/).
 """
 
 from __future__ import annotations
@@ -23,27 +23,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
+import sys
 
 import torch
 
-import minidiff as md
-from minidiff import imaging
-from minidiff.checkpoint import load_pipeline
-from minidiff.data import CLASS_NAMES
-from minidiff.presets import PRESETS, build_run, resolve
-from minidiff.train import Trainer
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import Timer, pick_device, wrote  # noqa: E402
 
-SAMPLER_RUNS = [                 # (label, sampler, steps or None for every step, extra options)
-    ("ddpm", "ddpm", None, {}),
-    ("ddim-25", "ddim", 25, {"spacing": "trailing"}),   # the course's DDIM grid: it starts at t = T
-    ("dpmpp_2m-20", "dpmpp_2m", 20, {"spacing": "karras"}),
+import minidiff as md  # noqa: E402
+from minidiff import imaging  # noqa: E402
+from minidiff.checkpoint import load_pipeline  # noqa: E402
+from minidiff.data import CLASS_NAMES  # noqa: E402
+from minidiff.nn import ContextUnet  # noqa: E402
+from minidiff.presets import PRESETS  # noqa: E402
+
+FAST_SAMPLERS = [                # (label, sampler, steps, spacing): lesson 4's speed-ups through md.sample
+    ("ddim-25", "ddim", 25, "trailing"),          # the course's DDIM grid: it starts at t = T
+    ("dpmpp_2m-20", "dpmpp_2m", 20, "karras"),
 ]
 MIXES = {                        # contexts that mix classes: the course's "hero + food" and friends
-    "hero + food": [1, 0, 1, 0, 0],
-    "hero + spell": [1, 0, 0, 1, 0],
-    "non-hero + side": [0, 1, 0, 0, 1],
-    "food + spell": [0, 0, 1, 1, 0],
+    "hero + food": [1, 0, 1, 0, 0], "hero + spell": [1, 0, 0, 1, 0],
+    "non-hero + side": [0, 1, 0, 0, 1], "food + spell": [0, 0, 1, 1, 0],
 }
 GUIDANCE_SCALES = (0.0, 1.0, 2.0, 4.0)
 
@@ -63,98 +63,125 @@ def parse_args(argv=None):
                         help="compute minidiff.metrics quality numbers (default: on, except for smoke)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    data_is_folder = args.data is not None and os.path.isdir(args.data)
-    if not data_is_folder and (args.data is None) != (args.labels is None):
+    if not (args.data and os.path.isdir(args.data)) and (args.data is None) != (args.labels is None):
         parser.error("--data FILE.npy and --labels go together (the course's two .npy files); "
                      "--data alone must be a folder of images")
     return args
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def one_hot(classes, k=5) -> torch.Tensor:
-    return torch.nn.functional.one_hot(torch.as_tensor(classes), k).float()
-
-
-# ------------------------------------------------------------------------------------------- lesson 2: training
-def train(args, device, out) -> tuple:
-    """Train with the preset's settings; returns (EMA model, schedule)."""
-    run = resolve(args.preset)
+# ------------------------------------------------------------------------------ the data, the network, training
+def load_data(args, preset: dict):
+    """Items (image [3, 16, 16] in [-1, 1], one-hot context [5]) - or images alone for a folder of your own."""
     if args.data and os.path.isdir(args.data):
-        run["data"] = {"kind": "image_folder", "root": args.data, "size": 16}
-        print(f"data: your images from {args.data} (resized to 16x16, no labels: unconditional)")
-    elif args.data:
-        run["data"] = {"kind": "sprite_files", "sprites_path": args.data, "labels_path": args.labels}
+        print(f"data: your images from {args.data} (resized to 16x16; class subfolders, if any, are contexts)")
+        return md.data.ImageFolder(args.data, size=16)
+    if args.data:
         print(f"data: the course's sprites from {args.data}")
-    else:
-        print(f"data: minidiff's embedded procedural sprites ({run['data'].get('n')} images; "
-              "pass --data/--labels to use the course's .npy files)")
-    run["train"] = {**run["train"], "device": str(device), "seed": args.seed}
-    built = build_run(run, out_dir=out)
-    print(f"training: preset {run['preset']!r} - {run.get('description', '')}")
-    trainer = Trainer(built.model, built.dataset, built.config, schedule=built.schedule).fit()
-    print(f"wrote: {os.path.join(out, 'checkpoint.pt')} (+ loss.csv, loss.png, sample grids)")
-    return trainer.ema.model, built.schedule
+        return md.data.SpritesDataset(args.data, args.labels)
+    data = preset["data"]
+    if data["kind"] == "sprites":  # course, long: the course's files if they are in data/sprites/, else procedural
+        print(f"data: the course's sprites from {data['root']} if there, else {data['n']} procedural sprites")
+        return md.data.load_sprites(data["root"], n=data["n"], seed=data["seed"])
+    print(f"data: {data['n']} of minidiff's embedded procedural sprites (the course's files: --data/--labels)")
+    return md.data.ProceduralSprites(data["n"], seed=data["seed"])
 
 
-# ------------------------------------------------------------------------------------------- lessons 1, 3, 4
+def train(args, device, out):
+    """Build the network and the schedule, train; returns (the EMA network, schedule)."""
+    preset = PRESETS[args.preset]
+    dataset = load_data(args, preset)
+
+    # The course's network: a small UNet whose up-path is scaled and shifted by the time and the context.
+    # n_feat = 64 in the course (and long), 32 in quick, 16 in smoke; n_cfeat = 5 classes; 16x16 images.
+    classes = getattr(dataset, "classes", None)                  # a labelled folder of your own: its classes
+    sizes = dict(in_channels=3, n_feat=preset["model"]["kwargs"]["n_feat"], n_cfeat=len(classes or CLASS_NAMES),
+                 height=16)
+    torch.manual_seed(args.seed)
+    model = ContextUnet(**sizes)
+
+    # The course's schedule: T = 500 steps, beta from 1e-4 to 0.02 (smoke: a linear one with T = 100).
+    s = preset["schedule"]
+    make = md.NoiseSchedule.course if s["kind"] == "course" else md.NoiseSchedule.linear
+    schedule = make(T=s["T"], beta_start=s["beta_start"], beta_end=s["beta_end"])
+
+    # Training: x_i = sqrt(alpha_bar_i) x0 + sqrt(1 - alpha_bar_i) eps, loss |eps - model(x_i, (i + 1) / T, c)|^2.
+    # The course: batch 100, lr 1e-3 decayed linearly to 0, 32 epochs; EMA weights are the ones sampled.
+    config = md.TrainConfig(**{**preset["train"], "out_dir": out, "device": str(device), "seed": args.seed})
+    print(f"training: preset {args.preset!r} - {preset['description']}")
+    trainer = md.Trainer(model, dataset, config, schedule=schedule, model_kwargs=sizes)  # sizes: saved with it
+    trainer.fit()                                    # writes checkpoint.pt, loss.csv, loss.png, sample grids
+    return trainer.ema.model, schedule
+
+
+# ------------------------------------------------------------------------------ lesson 1: sampling, by hand
+@torch.no_grad()
+def course_sampling_loop(model, schedule, x_T, context, seed: int, add_noise: bool = True):
+    """The course's loop, one step at a time:  for i in range(T, 0, -1): eps = nn_model(x, t, c);
+    x = denoise_add_noise(x, i, eps, z). Every step is x_{i-1} = mean(x_i, eps) + sqrt(beta_i) z (Ho et al.,
+    Algorithm 2). add_noise=False drops the z: the course's "sampling without the extra noise", which collapses.
+    Returns (x_0, [x_T, ..., x_0])."""
+    stepper = md.Stepper(schedule, sampler="ddpm", add_noise=add_noise)       # all T steps: T-1, ..., 1, 0
+    generator = torch.Generator(x_T.device).manual_seed(seed)
+    x = x_T * stepper.init_noise_sigma
+    frames = [x]
+    for i in stepper.timesteps:
+        eps = model(x, stepper.model_time(i, x), context)                     # network time (i + 1) / T
+        x = stepper.step(eps, i, x, generator=generator)
+        frames.append(x)
+    return x, frames
+
+
 def sample_grids(model, schedule, device, out, n_per_class: int, seed: int, conditional: bool = True) -> list:
-    """Every picture of the course, from one model; returns the timing table rows.
-
-    Rows are the five classes; an unconditional model (trained on a folder of images) gets plain rows."""
+    """Every picture of the course, from one model; returns the timing table rows."""
     shape = (5 * n_per_class, 3, 16, 16)
-    classes = one_hot(torch.arange(5).repeat_interleave(n_per_class)).to(device) if conditional else None
+    classes = torch.arange(5).repeat_interleave(n_per_class)
+    context = torch.nn.functional.one_hot(classes, 5).float().to(device) if conditional else None
     row_names = CLASS_NAMES if conditional else [f"row {k + 1}" for k in range(5)]
     x_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
-    sample = lambda **kw: md.sample(model, schedule, shape, x_T=x_T, context=classes,
-                                    generator=torch.Generator(device).manual_seed(seed + 1), **kw)
     per_class = lambda images: images.reshape(5, n_per_class, 3, 16, 16).cpu()
-
-    # Lesson 1: DDPM with and without the extra noise, from the same x_T.
-    with_noise, trajectory = sample(sampler="ddpm", return_trajectory=True)
-    without_noise = sample(sampler="ddpm", add_noise=False)
-    imaging.save_class_grid(torch.stack([with_noise[::n_per_class].cpu(), without_noise[::n_per_class].cpu()]),
-                            ["DDPM", "no extra noise"], os.path.join(out, "ddpm_vs_no_noise.png"))
-    imaging.save_trajectory_gif([frame[:: max(1, n_per_class // 2)] for frame in trajectory["x"]],
-                                os.path.join(out, "ddpm_trajectory.gif"), nrow=10, scale=3, max_frames=30)
-    imaging.save_class_grid(per_class(with_noise), row_names, os.path.join(out, "ddpm_per_class.png"))
-
-    # Lesson 4: faster samplers, timed; lesson 3: one row per class for each.
     timings = []
-    for label, name, steps, options in SAMPLER_RUNS:
-        start = time.perf_counter()
-        images, info = sample(sampler=name, steps=steps, return_trajectory=True, **options)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        timings.append({"sampler": label, "nfe": info["nfe"], "seconds": round(seconds, 3),
-                        "images_per_s": round(shape[0] / seconds, 1)})
+
+    with Timer() as timer:
+        ddpm, frames = course_sampling_loop(model, schedule, x_T, context, seed + 1)
+    timings.append({"sampler": "ddpm", "nfe": len(frames) - 1, "seconds": timer.seconds})
+    no_noise, _ = course_sampling_loop(model, schedule, x_T, context, seed + 1, add_noise=False)
+    imaging.save_class_grid(torch.stack([ddpm[::n_per_class].cpu(), no_noise[::n_per_class].cpu()]),
+                            ["DDPM", "no extra noise"], os.path.join(out, "ddpm_vs_no_noise.png"))
+    imaging.save_trajectory_gif([frame[:: max(1, n_per_class // 2)] for frame in frames],
+                                os.path.join(out, "ddpm_trajectory.gif"), nrow=10, scale=3, max_frames=30)
+    imaging.save_class_grid(per_class(ddpm), row_names, os.path.join(out, "ddpm_per_class.png"))
+
+    # Lesson 4: the same network, far fewer steps. DDIM (Song et al. 2021) is deterministic; DPM-Solver++(2M)
+    # (Lu et al. 2022) is second order. md.sample runs the loop above for any sampler.
+    for label, sampler, steps, spacing in FAST_SAMPLERS:
+        with Timer() as timer:
+            images, info = md.sample(model, schedule, shape, sampler=sampler, steps=steps, spacing=spacing, x_T=x_T,
+                                     context=context, return_trajectory=True, progress=False)
+        timings.append({"sampler": label, "nfe": info["nfe"], "seconds": timer.seconds})
         imaging.save_class_grid(per_class(images), row_names, os.path.join(out, f"{label}_per_class.png"))
     if not conditional:
         return timings
 
-    # Lesson 3: mixed contexts and classifier-free guidance (w = 0 unconditional, 1 conditional, > 1 guided).
+    # Lesson 3: control. A context vector may mix classes; classifier-free guidance (Ho & Salimans 2022)
+    # mixes the conditional and unconditional predictions: w = 0 unconditional, 1 conditional, > 1 pushed further.
     mixes = torch.tensor(list(MIXES.values()), dtype=torch.float32).repeat_interleave(n_per_class, 0).to(device)
     mixed = md.sample(model, schedule, (len(MIXES) * n_per_class, 3, 16, 16), sampler="ddim", steps=25,
                       spacing="trailing", context=mixes, generator=torch.Generator().manual_seed(seed + 2),
                       progress=False)
     imaging.save_class_grid(mixed.reshape(len(MIXES), n_per_class, 3, 16, 16).cpu(), list(MIXES),
                             os.path.join(out, "mixed_contexts.png"))
-    rows = [sample(sampler="ddim", steps=25, spacing="trailing", guidance_scale=w)[::n_per_class].cpu()
-            for w in GUIDANCE_SCALES]
+    rows = [md.sample(model, schedule, shape, sampler="ddim", steps=25, spacing="trailing", x_T=x_T, context=context,
+                      guidance_scale=w, progress=False)[::n_per_class].cpu() for w in GUIDANCE_SCALES]
     imaging.save_class_grid(torch.stack(rows), [f"w = {w:g}" for w in GUIDANCE_SCALES],
                             os.path.join(out, "guidance_scales.png"))
     return timings
 
 
+# ------------------------------------------------------------------------------ the numbers
 def write_timings(timings, out, device, batch) -> str:
     lines = [f"Sampling {batch} sprites on {device} (torch {torch.__version__})", "",
              "| sampler | network calls | seconds | images/s |", "|---|---|---|---|"]
-    lines += [f"| {r['sampler']} | {r['nfe']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} |" for r in timings]
+    lines += [f"| {r['sampler']} | {r['nfe']} | {r['seconds']:.2f} | {batch / r['seconds']:.1f} |" for r in timings]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "timings.md"), "w") as f:
         f.write(text)
@@ -166,10 +193,9 @@ def quality(model, schedule, device, out, seed, n: int) -> dict:
     classifier's features (fd; fd_real is two real sets' distance, the floor), class accuracy,
     precision/recall, structure checks. The classifier trains once (~30 s on a CPU) and is cached."""
     from minidiff import metrics
-    numbers = {}
-    for label, name, steps, options in SAMPLER_RUNS[1:]:
-        numbers[label] = metrics.evaluate(model, schedule, n=n, sampler=name, steps=steps, guidance_scale=2.0,
-                                          seed=seed, device=device, **options)
+    numbers = {label: metrics.evaluate(model, schedule, n=n, sampler=sampler, steps=steps, spacing=spacing,
+                                       guidance_scale=2.0, seed=seed, device=device)
+               for label, sampler, steps, spacing in FAST_SAMPLERS}
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(numbers, f, indent=2, default=float)
     return numbers
@@ -202,7 +228,7 @@ def main(argv=None):
                                                    if isinstance(v, (int, float))))
     for name in sorted(os.listdir(out)):
         if name.endswith((".png", ".gif", ".md", ".json", ".csv", ".pt")):
-            print(f"wrote: {os.path.join(out, name)}")
+            wrote(os.path.join(out, name))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ A run description has five sections, each plain data:
      "train":    {...TrainConfig fields...}}
 
 A JSON config file may start from a preset with "preset": "quick" and override any section's keys.
-``examples/sprites_ddpm.py`` and ``python -m minidiff train`` both use ``PRESETS`` and ``build_run``.
+``python -m minidiff train`` builds a run with ``build_run``; ``examples/sprites_ddpm.py`` reads the same
+``PRESETS`` sizes and builds its parts on its own page.
 """
 
 from __future__ import annotations

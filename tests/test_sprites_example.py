@@ -62,3 +62,20 @@ def test_a_folder_of_images_trains_unconditionally(tmp_path):
     out = tmp_path / "out"
     sprites_ddpm.main(["--preset", "smoke", "--data", str(folder), "--out", str(out), "--device", "cpu", "--n", "1"])
     assert (out / "ddim-25_per_class.png").is_file() and not (out / "guidance_scales.png").exists()
+
+
+def test_the_course_loop_on_the_page_is_md_sample():
+    """The hand-written loop over md.Stepper gives what md.sample gives, with and without the extra noise."""
+    import torch
+
+    import minidiff as md
+    torch.manual_seed(0)
+    model = md.nn.ContextUnet(in_channels=3, n_feat=16, n_cfeat=5, height=16).eval()
+    schedule = md.NoiseSchedule.course(T=20)
+    x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    context = torch.eye(5)[[0, 3]]
+    for add_noise in (True, False):
+        by_hand, frames = sprites_ddpm.course_sampling_loop(model, schedule, x_T, context, seed=2, add_noise=add_noise)
+        expected = md.sample(model, schedule, x_T.shape, "ddpm", x_T=x_T, context=context, add_noise=add_noise,
+                             generator=torch.Generator().manual_seed(2), progress=False)
+        assert torch.equal(by_hand, expected) and len(frames) == 21
