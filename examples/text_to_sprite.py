@@ -4,6 +4,8 @@ prompt -> Tokenizer -> TextEncoder -> latent diffusion UNet with SpatialTransfor
 -> classifier-free guidance -> AutoEncoder decoder, on the procedural sprites and their captions
 ("green apple with a leaf", "blue ring spell", ...). Rombach et al. 2022; Ho & Salimans 2022.
 
+  0. build the four parts with the preset's sizes, on this page (build_pipeline; TextToImage.build(config)
+     makes the same): Tokenizer, AutoEncoder, LatentScoreUNet with cross-attention, TextEncoder;
   1. train the variational AutoEncoder alone (a plain loop: md.Trainer trains diffusion models):
      sprites, replicate-padded to 24x24, <-> 4 x 8 x 8 latents; reconstructions beside originals;
   2. measure latent_scale = 1 / std of the training latents (Stable Diffusion's 0.18215), encode the
@@ -39,11 +41,13 @@ from torch.utils.data import TensorDataset
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import Timer, parse_args, print_table, wrote  # noqa: E402
 
-from minidiff.data import ProceduralSprites  # noqa: E402
+from minidiff.data import VOCABULARY, ProceduralSprites  # noqa: E402
 from minidiff.imaging import save_class_grid, save_loss_curve  # noqa: E402
 from minidiff.metrics.features import ClassifierConfig, feature_extractor  # noqa: E402
+from minidiff.model_table import build_model  # noqa: E402
 from minidiff.nn import reconstruction_loss  # noqa: E402
 from minidiff.schedule import NoiseSchedule  # noqa: E402
+from minidiff.text import TextEncoder, Tokenizer  # noqa: E402
 from minidiff.text_to_image import (  # noqa: E402
     TextConditionedUNet,
     TextToImage,
@@ -95,6 +99,24 @@ GUIDANCE_SCALES = (0.0, 1.0, 3.0)  # fidelity is measured at each; 0 = unconditi
 TARGET_RATE, TARGET_SCALE = 0.9, 3.0  # issue 11: class and main colour right >= 90 % of the time at w = 3
 
 
+def build_pipeline(c: TextToImageConfig, seed: int) -> TextToImage:
+    """The four parts of the pipeline with the preset's sizes c (what TextToImage.build(c) makes, in its order).
+    build_model records each network's constructor arguments, so pipe.save_pretrained can rebuild it."""
+    torch.manual_seed(seed)
+    tokenizer = Tokenizer(VOCABULARY, max_length=c.max_length)          # caption words -> ids [B, 16], <pad>ded
+    # 24x24 RGB (16x16 sprites, replicate-padded by 4) <-> 4 x 8 x 8 latents, KL-regularised as Stable Diffusion's
+    autoencoder = build_model("AutoEncoder", in_channels=3, latent_channels=c.latent_channels,
+                              variational=c.variational, channels=list(c.ae_channels))
+    # predicts eps of the latents; its SpatialTransformers cross-attend to the text tokens [B, 16, text_dim]
+    unet = build_model("LatentScoreUNet", in_channels=c.latent_channels, channels=list(c.unet_channels),
+                       embed_dim=c.time_embed_dim, num_classes=0, text_dim=c.unet_token_dim,
+                       context_dim=c.text_dim, sde=None)
+    text_encoder = TextEncoder(tokenizer.vocab_size, dim=c.text_dim, depth=c.text_depth, heads=c.text_heads,
+                               max_length=c.max_length)                 # ids -> tokens [B, 16, text_dim]
+    return TextToImage(autoencoder, unet, text_encoder, tokenizer, NoiseSchedule.linear(1000),
+                       latent_scale=1.0, image_size=c.image_size, image_padding=c.image_padding)
+
+
 def train_autoencoder(pipe: TextToImage, images: torch.Tensor, p: Preset, seed: int, device) -> list:
     """A plain loop: random batch, pad, reconstruct, crop, L1 + edge loss (+ KL), Adam step. Returns losses."""
     ae, pad = pipe.autoencoder, pipe.image_padding
@@ -131,8 +153,7 @@ def main(argv=None) -> dict:
     data = ProceduralSprites(p.n_train, seed=args.seed)
     images, captions = data.tensors()[0], data.captions                 # [N, 3, 16, 16], N strings
     test_images = ProceduralSprites(12, seed=args.seed + 1).tensors()[0]  # held out
-    torch.manual_seed(args.seed)
-    pipe = TextToImage.build(p.model, schedule=NoiseSchedule.linear(1000)).to(device)
+    pipe = build_pipeline(p.model, args.seed).to(device)
     unknown = sorted({w for q in prompts for w in pipe.tokenizer.split(q) if w not in pipe.tokenizer.ids})
     if unknown:
         print(f"note: words outside the vocabulary become <unk>: {unknown}")
