@@ -43,15 +43,16 @@ PRESETS = {
                   "log_every": 100, "sample_every": 5000, "checkpoint_every": 2000},
     },
     # The course's model, trained long enough for its deterministic samplers to be good: about 45 minutes on
-    # a 2-core CPU with bf16 autocast (measured 43 min 25 s; 13.4 epochs of 89,400 sprites). The model of
-    # benchmarks/quality_vs_steps.py's published report.
+    # a 2-core CPU with native bf16 (AVX512-BF16/AMX; measured 43 min 25 s; 13.4 epochs of 89,400 sprites). The
+    # model of benchmarks/quality_vs_steps.py's published report. "auto" precision: bf16 only where the CPU has
+    # it natively; an AVX2-only CPU trains in float32 instead (about 1.25 s a step, so hours, not minutes).
     "long": {
-        "description": "about 45 minutes on a 2-core CPU: the course model (n_feat=64), 12,000 steps of 100, bf16",
+        "description": "about 45 minutes on a 2-core CPU with native bf16: the course model (n_feat=64), 12,000 steps of 100",
         "model": _SPRITES_MODEL,
         "schedule": _COURSE_SCHEDULE,
         "data": {"kind": "sprites", "root": "data/sprites", "n": 89400, "seed": 0},
         "train": {"steps": 12000, "batch_size": 100, "lr": 1e-3, "warmup_steps": 200, "decay": "linear",
-                  "ema_decay": 0.999, "mixed_precision": "bf16", "log_every": 100, "sample_every": 3000,
+                  "ema_decay": 0.999, "mixed_precision": "auto", "log_every": 100, "sample_every": 3000,
                   "checkpoint_every": 500},
     },
     # About 6 minutes on a 2-core CPU (measured 5 min 56 s with sampling): a narrower ContextUnet on 8,000 sprites.

@@ -27,6 +27,7 @@ import math
 import os
 import re
 import time
+import warnings
 from typing import Callable, Optional
 
 import numpy as np
@@ -43,6 +44,7 @@ from .model_table import model_spec
 from .rng_state import set_rng_state
 from .schedule import NoiseSchedule
 from .train_config import DECAYS, MIXED_PRECISIONS, OBJECTIVES, TrainConfig, lr_at  # noqa: F401 (re-exported)
+from .train_config import native_bf16, resolve_precision
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -135,6 +137,11 @@ class Trainer:
         self.device = _pick_device(c.device, self.dist)
         if c.mixed_precision == "fp16" and self.device.type != "cuda":
             raise ValueError("mixed_precision='fp16' needs a CUDA device; use 'bf16' or 'no' on the CPU")
+        self.precision = resolve_precision(c.mixed_precision, self.device)   # the autocast this run uses
+        if c.mixed_precision == "bf16" and not native_bf16(self.device):
+            warnings.warn(f"mixed_precision='bf16' on a {self.device.type} without native bfloat16 "
+                          f"({_cpu_capability(self.device)}): training runs several times slower than in float32; "
+                          f"use mixed_precision='auto' (bf16 only where it is native) or 'no'", stacklevel=2)
 
         self.model_spec = model_spec(model, model_kwargs)
         self.model = model.to(self.device)
@@ -144,7 +151,7 @@ class Trainer:
         self.ema = EMA(self.model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, betas=c.adam_betas,
                                            weight_decay=c.weight_decay)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.mixed_precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
         world, shards = self.dist.world_size, self.dist.world_size * c.grad_accum_steps
         if c.batch_size % shards:
@@ -230,9 +237,9 @@ class Trainer:
 
     def _autocast(self):
         import contextlib
-        if self.config.mixed_precision == "no":
+        if self.precision == "no":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.config.mixed_precision == "bf16" else torch.float16
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
     # ------------------------------------------------------------------ the loop
@@ -473,3 +480,10 @@ def parse_device(name) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ValueError(f"device {name!r}: there are only {torch.cuda.device_count()} CUDA devices")
     return device
+
+
+def _cpu_capability(device: torch.device) -> str:
+    """The CPU's vector capability as torch reports it ("AVX2", "AVX512", ...), or the CUDA device's name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return torch.backends.cpu.get_cpu_capability()

@@ -630,7 +630,7 @@ CONFIG_ROWS = [  # (field, bad value, pattern)
     ("context_dropout", NAN, r"context_dropout must lie in \[0.0, 1.0\]"),
     ("dsm_eps", 0.0, r"dsm_eps must lie in the open interval \(0, 1\)"),
     ("decay", "exponential", r"decay must be one of \('linear', 'cosine', 'constant'\)"),
-    ("mixed_precision", "fp8", r"mixed_precision must be one of \('no', 'bf16', 'fp16'\)"),
+    ("mixed_precision", "fp8", r"mixed_precision must be one of \('no', 'bf16', 'fp16', 'auto'\)"),
     ("objective", "vlb", r"objective must be one of \('diffusion', 'dsm'\)"),
     ("prediction_type", "score", r"prediction_type must be one of \('epsilon', 'sample', 'v_prediction'\)"),
     ("loss_weighting", "snr", r"loss_weighting must be one of \('none', 'min_snr'\)"),

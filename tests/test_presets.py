@@ -15,13 +15,13 @@ def test_every_preset_builds_its_model_data_and_config(name):
     run = build_run(resolve(name))
     assert isinstance(run.model, ContextUnet) and run.schedule is not None and run.schedule.T in (100, 500)
     assert len(run.dataset) == PRESETS[name]["data"]["n"]
-    assert run.config.mixed_precision in ("no", "bf16") and PRESETS[name]["description"]
+    assert run.config.mixed_precision in ("no", "bf16", "auto") and PRESETS[name]["description"]
 
 
-def test_long_preset_is_the_course_model_for_12000_steps_in_bf16():
+def test_long_preset_is_the_course_model_for_12000_steps_in_bf16_where_native():
     run = build_run(resolve("long"))
     assert run.model.n_feat == 64 and sum(p.numel() for p in run.model.parameters()) == 1_481_027
-    assert (run.config.steps, run.config.batch_size, run.config.mixed_precision) == (12000, 100, "bf16")
+    assert (run.config.steps, run.config.batch_size, run.config.mixed_precision) == (12000, 100, "auto")
 
 
 def test_a_json_config_overrides_one_key_of_a_preset(tmp_path):

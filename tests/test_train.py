@@ -4,6 +4,7 @@ Bad input (config values, dataset sizes) is in test_bad_input.py.
 """
 
 import math
+import warnings
 import os
 
 import pytest
@@ -226,7 +227,9 @@ def test_dsm_objective_with_a_score_unet_and_int_labels(tmp_path):
 
 
 def test_bf16_autocast_and_channels_last_on_cpu():
-    trainer = tiny_trainer(steps=3, mixed_precision="bf16", channels_last=True).fit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                                      # no native bf16 on some CPUs
+        trainer = tiny_trainer(steps=3, mixed_precision="bf16", channels_last=True).fit()
     assert trainer.step == 3 and all(math.isfinite(row[1]) for row in trainer.history)
     assert trainer.model.inp.weight.is_contiguous(memory_format=torch.channels_last)
     assert trainer.model.inp.weight.dtype == torch.float32                   # master weights stay fp32
@@ -249,3 +252,21 @@ def test_context_dropout_drops_whole_token_sequences():
     for row_in, row_out in zip(ids, out):
         assert torch.equal(row_out, row_in) or torch.equal(row_out, torch.zeros(3, dtype=ids.dtype))
     assert not torch.equal(out, ids)
+
+
+def test_auto_precision_is_bf16_only_where_native(monkeypatch):
+    import minidiff.train_config as train_config
+    for native, expected in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(train_config.torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+        trainer = tiny_trainer(steps=1, mixed_precision="auto", device="cpu")
+        assert trainer.precision == expected and trainer.config.mixed_precision == "auto"
+        trainer.fit()
+        assert math.isfinite(trainer.history[-1][1])
+
+
+def test_explicit_bf16_without_native_support_warns(monkeypatch):
+    import minidiff.train_config as train_config
+    monkeypatch.setattr(train_config.torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.warns(UserWarning, match="without native bfloat16.*mixed_precision='auto'"):
+        trainer = tiny_trainer(steps=1, mixed_precision="bf16", device="cpu")
+    assert trainer.precision == "bf16"                                       # warned, never substituted
