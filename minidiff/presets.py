@@ -47,7 +47,7 @@ PRESETS = {
     # model of benchmarks/quality_vs_steps.py's published report. "auto" precision: bf16 only where the CPU has
     # it natively; an AVX2-only CPU trains in float32 instead (about 1.25 s a step, so hours, not minutes).
     "long": {
-        "description": "about 45 minutes on a 2-core CPU with native bf16: the course model (n_feat=64), 12,000 steps of 100",
+        "description": "about 45 minutes on 2 CPU cores with native bf16: the course model, 12,000 steps of 100",
         "model": _SPRITES_MODEL,
         "schedule": _COURSE_SCHEDULE,
         "data": {"kind": "sprites", "root": "data/sprites", "n": 89400, "seed": 0},

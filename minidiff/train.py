@@ -43,8 +43,7 @@ from .losses import diffusion_loss
 from .model_table import model_spec
 from .rng_state import set_rng_state
 from .schedule import NoiseSchedule
-from .train_config import DECAYS, MIXED_PRECISIONS, OBJECTIVES, TrainConfig, lr_at  # noqa: F401 (re-exported)
-from .train_config import native_bf16, resolve_precision
+from .train_config import DECAYS, MIXED_PRECISIONS, OBJECTIVES, TrainConfig, lr_at, native_bf16, resolve_precision  # noqa: F401 (re-exported)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 

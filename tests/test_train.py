@@ -4,8 +4,8 @@ Bad input (config values, dataset sizes) is in test_bad_input.py.
 """
 
 import math
-import warnings
 import os
+import warnings
 
 import pytest
 import torch
@@ -257,7 +257,7 @@ def test_context_dropout_drops_whole_token_sequences():
 def test_auto_precision_is_bf16_only_where_native(monkeypatch):
     import minidiff.train_config as train_config
     for native, expected in ((True, "bf16"), (False, "no")):
-        monkeypatch.setattr(train_config.torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+        monkeypatch.setattr(train_config.torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
         trainer = tiny_trainer(steps=1, mixed_precision="auto", device="cpu")
         assert trainer.precision == expected and trainer.config.mixed_precision == "auto"
         trainer.fit()
