@@ -10,7 +10,7 @@ which file holds which concept.
 
 __version__ = "0.1.0"
 
-from . import data, exact, imaging, nn
+from . import data, distill, exact, imaging, nn
 from .checkpoint import load_checkpoint, load_model, load_pipeline, save_checkpoint
 from .guidance import Denoiser, guided_output, null_context_like
 from .likelihood import log_likelihood

@@ -117,12 +117,15 @@ class Trainer:
     ``fit()`` trains to the configured end; ``train(n)`` takes n more steps; ``save()`` writes a checkpoint.
     on_log: called as ``on_log(step, metrics)`` at every log row (rank 0), metrics
     ``{"loss", "lr", "images_per_s", "epoch"}`` (plain floats); loss.csv and loss.png are written as well.
+    loss_fn: replaces the objective's loss, called as ``loss_fn(model, x0, context, generator) -> scalar``
+    (distill.ProgressiveDistillationLoss is one); it is not saved, so pass it again to resume.
     """
 
     def __init__(self, model: nn.Module, dataset, config: Optional[TrainConfig] = None,
                  schedule: Optional[NoiseSchedule] = None, sde=None, model_kwargs: Optional[dict] = None,
-                 on_log: Optional[Callable[[int, dict], None]] = None):
+                 on_log: Optional[Callable[[int, dict], None]] = None, loss_fn: Optional[Callable] = None):
         self.config = c = config if config is not None else TrainConfig()
+        self.loss_fn = loss_fn
         if c.objective == "diffusion" and schedule is None:
             raise ValueError("objective 'diffusion' needs schedule=NoiseSchedule(...)")
         if c.objective == "dsm" and sde is None:
@@ -228,6 +231,8 @@ class Trainer:
 
     def _loss(self, x: Tensor, context: Optional[Tensor], generator: torch.Generator) -> Tensor:
         c = self.config
+        if self.loss_fn is not None:
+            return self.loss_fn(self.train_model, x, context, generator)
         if c.objective == "diffusion":
             return diffusion_loss(self.train_model, x, self.schedule, c.prediction_type, context,
                                   c.loss_weighting, generator=generator)
