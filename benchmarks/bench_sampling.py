@@ -49,7 +49,7 @@ from minidiff.nn import ContextUnet  # noqa: E402
 
 SAMPLERS = {"ddpm": None, "ddim": 25, "dpmpp_2m": 20}     # steps (None: every step of the schedule)
 T = 500                                                    # the course's timesteps
-SCHEDULE = course_baseline.minidiff_schedule(T)            # alpha_bar = the course's ab_t[1:]
+SCHEDULE = md.NoiseSchedule.course(T)                      # the course's table: alpha_bar = its ab_t[1:]
 COLUMNS = [("device", "device"), ("mode", "mode"), ("sampler", "sampler"), ("batch", "batch"),
            ("steps", "steps"), ("steps_measured", "steps timed"), ("extrapolated", "extrapolated"),
            ("ms_per_step", "ms/step"),

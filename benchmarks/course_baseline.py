@@ -20,10 +20,10 @@ course step i = 0 .. T, and its step i is minidiff's step index i - 1 (same mode
 One quirk: ab_t[i] = prod_{j=0..i} a_t[j] INCLUDES a_t[0] = 1 - beta1, although b_t[0] is never
 used by a step, and then ab_t[0] is overwritten with 1. So ab_t[1] = a_t[0] a_t[1] != a_t[1], and the
 last DDPM step (i = 1) mixes a_t[1] with ab_t[1]. DDPM with sigma^2 = beta (md.sample's default) on
-the schedule whose alpha_bar is ab_t[1:] (`minidiff_schedule` below) therefore reproduces the
+`md.NoiseSchedule.course(T, beta1, beta2)` (the library's table: alpha_bar = ab_t[1:]) therefore reproduces the
 course's loop exactly on every step but that last one; with beta1 = 0 the quirk vanishes and the
 two agree on every step (tests/test_benchmarks.py checks both). DDIM uses ab_t alone: the course's
-sample_ddim(n) equals md.sample(sampler="ddim", steps=n, spacing="trailing") on this schedule (its
+sample_ddim(n) equals md.sample(sampler="ddim", steps=n, spacing="trailing") on that schedule (its
 grid i = T, T - T//n, ..., T//n is minidiff's trailing grid T - 1, ..., T//n - 1) whenever n divides T.
 """
 
@@ -32,8 +32,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-
-import minidiff as md
 
 
 def course_tables(timesteps: int = 500, beta1: float = 1e-4, beta2: float = 0.02, device="cpu",
@@ -44,17 +42,6 @@ def course_tables(timesteps: int = 500, beta1: float = 1e-4, beta2: float = 0.02
     ab_t = torch.cumsum(a_t.log(), dim=0).exp()
     ab_t[0] = 1
     return b_t, a_t, ab_t
-
-
-def minidiff_schedule(timesteps: int = 500, beta1: float = 1e-4, beta2: float = 0.02) -> md.NoiseSchedule:
-    """The md.NoiseSchedule with alphas_cumprod[i - 1] = the course's ab_t[i], i = 1 .. T (built in float64).
-
-    Its betas are the course's b_t[2:] after a first beta 1 - a_t[0] a_t[1] (the quirk above).
-    """
-    b_t, a_t, _ = course_tables(timesteps, beta1, beta2, dtype=torch.float64)
-    betas = b_t[1:].clone()
-    betas[0] = 1 - a_t[0] * a_t[1]
-    return md.NoiseSchedule.from_betas(betas)
 
 
 def _time(i: int, timesteps: int, n_sample: int, device) -> torch.Tensor:

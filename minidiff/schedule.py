@@ -138,7 +138,10 @@ class NoiseSchedule:
         betas are spaced over T points instead of T + 1 (its sigma is 35% larger at the first step).
         """
         _check_T(T)
-        _check_beta_range(beta_start, beta_end)
+        if not 0 <= beta_start < 1:  # b_0 = beta_start only enters ab_t[1]: 0 is allowed (every beta_i > 0)
+            raise ValueError(f"beta_start must lie in [0, 1), got {beta_start}")
+        if not 0 < beta_end < 1:
+            raise ValueError(f"beta_end must lie in the open interval (0, 1), got {beta_end}")
         b = (beta_end - beta_start) * torch.linspace(0, 1, T + 1, dtype=torch.float64) + beta_start   # b_t, t = 0..T
         alpha_bar = torch.exp(torch.cumsum(torch.log(1 - b), dim=0))[1:]       # ab_t[t], t = 1..T
         alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])

@@ -25,10 +25,11 @@ def tiny_unet(dtype=torch.float32):
 
 
 # ------------------------------------------------------------------------------------------ the course baseline
-def test_minidiff_schedule_has_the_course_alpha_bar():
-    _, _, ab_t = course_baseline.course_tables(T, dtype=torch.float64)
-    schedule = course_baseline.minidiff_schedule(T)
-    assert torch.allclose(schedule.alphas_cumprod, ab_t[1:], rtol=1e-12, atol=0)
+def test_the_library_course_schedule_has_the_course_alpha_bar():
+    for schedule in (md.NoiseSchedule.course(T), bench_sampling.SCHEDULE):
+        _, _, ab_t = course_baseline.course_tables(schedule.T, dtype=torch.float64)
+        assert torch.allclose(schedule.alphas_cumprod, ab_t[1:], rtol=1e-12, atol=0)
+    assert not hasattr(course_baseline, "minidiff_schedule")  # no copy of the table outside the library
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -39,7 +40,7 @@ def test_course_ddpm_equals_md_sample_ddpm(dtype):
     tables = course_baseline.course_tables(T, beta1=0.0, dtype=dtype)
     course = course_baseline.course_sample_ddpm(model, 2, T, tables, x_T=x_T,
                                                 generator=torch.Generator().manual_seed(2))
-    ours = md.sample(model, course_baseline.minidiff_schedule(T, beta1=0.0), x_T.shape, sampler="ddpm", x_T=x_T,
+    ours = md.sample(model, md.NoiseSchedule.course(T, beta_start=0.0), x_T.shape, sampler="ddpm", x_T=x_T,
                      generator=torch.Generator().manual_seed(2), progress=False)
     assert (course - ours).abs().max().item() < 1e-5
 
@@ -50,7 +51,7 @@ def test_course_ddpm_quirk_is_confined_to_the_last_step():
     x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     tables = course_baseline.course_tables(T, dtype=torch.float64)
     states = []
-    ours = md.sample(model, course_baseline.minidiff_schedule(T), x_T.shape, sampler="ddpm", x_T=x_T,
+    ours = md.sample(model, md.NoiseSchedule.course(T), x_T.shape, sampler="ddpm", x_T=x_T,
                      generator=torch.Generator().manual_seed(2), progress=False,
                      callback=lambda info: states.append(info["x"]))
     before_last = course_baseline.course_sample_ddpm(model, 2, T, tables, x_T=x_T, max_steps=T - 1,
@@ -65,7 +66,7 @@ def test_course_ddpm_quirk_is_confined_to_the_last_step():
 def test_course_ddim_equals_md_sample_ddim_trailing():
     model, x_T = tiny_unet(), torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     course = course_baseline.course_sample_ddim(model, 2, T, course_baseline.course_tables(T), n=5, x_T=x_T)
-    ours = md.sample(model, course_baseline.minidiff_schedule(T), x_T.shape, sampler="ddim", steps=5,
+    ours = md.sample(model, md.NoiseSchedule.course(T), x_T.shape, sampler="ddim", steps=5,
                      spacing="trailing", x_T=x_T, progress=False)
     assert (course - ours).abs().max().item() < 1e-5
 

@@ -30,12 +30,14 @@ class ResidualConvBlock(nn.Module):
     With `is_res=True` the block returns (shortcut(x) + h) / sqrt(2), which keeps the variance of
     the sum near that of its two (roughly independent, unit-variance) terms. The shortcut is the
     identity when in_channels == out_channels and a learned 1x1 convolution otherwise.
+    `residual_divisor` is sqrt(2); `ContextUnet.from_course` sets the course's 1.414.
     """
 
     def __init__(self, in_channels: int, out_channels: int, is_res: bool = False):
         super().__init__()
         _check_channels(in_channels=in_channels, out_channels=out_channels)
         self.is_res = is_res
+        self.residual_divisor = math.sqrt(2)  # the course divides by 1.414
         self.conv1 = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 3, 1, 1), nn.BatchNorm2d(out_channels), nn.GELU()
         )
@@ -53,7 +55,7 @@ class ResidualConvBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv2(self.conv1(x))  # (B, out, H, W)
         if self.is_res:
-            return (self.shortcut(x) + h) / math.sqrt(2)
+            return (self.shortcut(x) + h) / self.residual_divisor
         return h
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import os
+from typing import Dict, Literal, Optional, Union
 
 import torch
 from einops import rearrange
@@ -12,6 +13,35 @@ from .blocks import ResidualConvBlock, UnetDown, UnetUp
 from .embeddings import EmbedFC, as_time_batch
 
 __all__ = ["ContextUnet"]
+
+CourseShortcut = Literal["zero", "random"]
+
+# state_dict entries whose shapes give the course network's sizes
+_SIZE_KEYS = ("init_conv.conv1.0.weight", "contextembed1.model.0.weight", "up0.0.weight")
+
+
+class _CourseShortcut(nn.Module):
+    """The course's init_conv shortcut, which has no weights: [B, in, H, W] -> [B, out, H, W].
+
+    The course's ResidualConvBlock builds `nn.Conv2d(in, out, kernel_size=1, stride=1, padding=0)` inside
+    forward() on every call when the channels differ: a fresh random map drawn from the global RNG, never
+    trained, never saved. mode "random" makes that same draw (same constructor, on the default device, then
+    moved to x's device, as the course does); mode "zero" is its expectation (the init is symmetric about 0),
+    the zero map, deterministic.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, mode: CourseShortcut):
+        super().__init__()
+        self.in_channels, self.out_channels, self.mode = in_channels, out_channels, mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "zero":
+            return x.new_zeros(x.shape[0], self.out_channels, *x.shape[2:])  # (B, out, H, W)
+        fresh = nn.Conv2d(self.in_channels, self.out_channels, kernel_size=1, stride=1, padding=0).to(x.device)
+        return fresh.to(x.dtype)(x)  # (B, out, H, W)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, mode={self.mode!r}"
 
 
 class ContextUnet(nn.Module):
@@ -103,3 +133,57 @@ class ContextUnet(nn.Module):
         up2 = self.up1(cemb1 * up1 + temb1, down2)  # (B, n, h/2, h/2)
         up3 = self.up2(cemb2 * up2 + temb2, down1)  # (B, n, h, h)
         return self.out(torch.cat((up3, x), dim=1))  # (B, in_channels, h, h)
+
+    @classmethod
+    def from_course(
+        cls, source: Union[str, os.PathLike, Dict[str, Tensor]], shortcut: CourseShortcut = "zero"
+    ) -> "ContextUnet":
+        """The course's trained network, from its saved state_dict, in eval mode.
+
+        source: a path to the course's `.pth` (e.g. `context_model_trained.pth`, read with
+          `torch.load(weights_only=True)` onto the CPU) or the state_dict itself.
+        shortcut: "zero" (default) or "random", for init_conv's 1x1 shortcut, which the course rebuilds at
+          random inside forward() on every call (a bug of the course) and so never saved. "random" makes
+          the course's draw exactly: with the same `torch.manual_seed` before a call, the output equals the
+          course network's. "zero" uses that draw's expectation, the zero map, and is deterministic.
+        Sizes (in_channels, n_feat, n_cfeat, height) are read from the tensors. The returned network's
+        state_dict keys are exactly the course's (loaded strictly), and it computes as the course does:
+        init_conv divides by 1.414 (not sqrt(2)) and to_vec is the course's AvgPool2d(4), which at
+        height 28 pools only the top-left 4x4 of the 7x7 map (at height 16 it pools all of it).
+        Sample it with the course's schedule: `md.sample(model, md.NoiseSchedule.course(), (n, 3, 16, 16))`.
+        minidiff's own ContextUnet differs on purpose: its shortcut is a registered, trained 1x1 conv.
+        """
+        if shortcut not in ("zero", "random"):
+            raise ValueError(f"shortcut must be 'zero' or 'random', got {shortcut!r}")
+        if isinstance(source, (str, os.PathLike)):
+            from ..file_io import safe_torch_load
+
+            state = safe_torch_load(source, what="course state_dict")
+            where = os.fspath(source)
+        else:
+            state, where = source, "the state_dict"
+        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise ValueError(f"source: {where} is not a state_dict (a dict of name -> tensor)")
+        missing = [k for k in _SIZE_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"source: {where} is not the course's ContextUnet state_dict (no {missing[0]!r})")
+        n_feat, in_channels = state["init_conv.conv1.0.weight"].shape[:2]
+        n_cfeat = state["contextembed1.model.0.weight"].shape[1]
+        height = 4 * state["up0.0.weight"].shape[-1]  # up0's kernel is height // 4
+        if height < 16:
+            raise ValueError(f"source: height {height} (from up0's kernel) is below 16, where the course's "
+                             f"AvgPool2d(4) has nothing to pool")
+        model = cls(in_channels=in_channels, n_feat=n_feat, n_cfeat=n_cfeat, height=height)
+        model.to_vec = nn.Sequential(nn.AvgPool2d(4), nn.GELU())  # the course's layer, at every height
+        model.init_conv.residual_divisor = 1.414  # the course's constant
+        if in_channels != n_feat:  # equal channels: the course's shortcut is the identity, as here
+            model.init_conv.shortcut = _CourseShortcut(in_channels, n_feat, shortcut)
+        try:
+            result = model.load_state_dict(state, strict=False)  # strict by hand below: a short message
+        except RuntimeError as error:  # a shape that does not fit the inferred sizes
+            detail = str(error).strip().splitlines()[-1].strip()
+            raise ValueError(f"source: {where} is not a consistent course ContextUnet state_dict: {detail}") from None
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(f"source: {where} does not hold the course's ContextUnet keys "
+                             f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
+        return model.eval()
