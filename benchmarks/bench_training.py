@@ -49,7 +49,7 @@ def build(name: str, n_feat: int = 64):
     """(network, image shape [C, H, W], loss(model, x, generator) -> scalar) for a model name."""
     if name == "context_unet":
         model, shape = ContextUnet(in_channels=3, n_feat=n_feat, n_cfeat=5, height=16), (3, 16, 16)
-        schedule = NoiseSchedule.linear(T=500, beta_start=1e-4, beta_end=0.02)        # the course's T
+        schedule = NoiseSchedule.course(T=500)                                   # the course's table
 
         def loss(net, x, generator):
             labels = torch.randint(0, 5, (x.shape[0],), generator=generator).to(x.device)
