@@ -58,6 +58,9 @@ def ddpm_step(x, x0_pred, alpha_bar: float, alpha_bar_prev: float, generator=Non
     the posterior variance ("posterior"). On a grid coarser than every step, beta is the beta of the
     jump, 1 - alpha_bar / alpha_bar_prev (Nichol & Dhariwal 2021, Sec. 4). No noise on the step to
     alpha_bar_prev = 1. add_noise=False drops z: the course's "sampling without the extra noise" collapse.
+    On NoiseSchedule.course this is the course's loop on every step but the last, where the course divides by
+    sqrt(a_t[1]) although its ab_t[1] = a_t[0] a_t[1]; minidiff reads every step from the one table on purpose,
+    so that each step is the posterior of the forward process the model was trained on.
     """
     beta = 1 - alpha_bar / alpha_bar_prev                                  # beta of this jump
     # Posterior mean, Ho et al. Eq. 7 (equal to Eq. 11's eps form when x0_pred is not clipped).
@@ -246,7 +249,8 @@ def sample(model, schedule: NoiseSchedule, shape, sampler: str = "ddim", steps: 
 
     sampler: "ddpm" | "ddim" | "dpmpp_2m" | "euler" | "heun". steps: number of grid points (None:
     every step, T, for "ddpm"; 25 otherwise); spacing: the grid ("leading" | "trailing" | "linspace" |
-    "karras", see NoiseSchedule.timesteps).
+    "karras", see NoiseSchedule.timesteps). The default "leading" is the DDIM paper's and diffusers' grid, so
+    that results compare with theirs; the course's DDIM grid is "trailing", the better one with few steps.
     context: [B, ...] conditioning; guidance_scale w: classifier-free guidance (needs context).
     eta: DDIM's noise (0..1). variance / add_noise: DDPM options.
     x_T: the starting noise [B, C, H, W]; else drawn with `generator`.

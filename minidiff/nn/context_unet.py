@@ -56,6 +56,11 @@ class ContextUnet(nn.Module):
     `height` must be divisible by 4 (two 2x down-samplings). Default config (in_channels=3,
     n_feat=64, n_cfeat=5, height=16, the course's): 1,481,027 parameters, 256 of them init_conv's
     1x1 shortcut, which the course's code instead rebuilds at random on every call.
+    It differs from the course's code on purpose in three places, each so that it computes one fixed,
+    trainable function at every height: that shortcut is registered and trained, residual sums are divided
+    by sqrt(2) (the course: 1.414), and to_vec pools the whole h/4 x h/4 map (the course's AvgPool2d(4)
+    pools a 4x4 corner of it above height 16). `ContextUnet.from_course` loads the course's weights and
+    computes exactly as the course does.
     Works as is for 28x28 grey digits: ContextUnet(in_channels=1, n_feat=64, n_cfeat=10, height=28),
     2,020,225 parameters (up0's kernel grows from 4x4 to 7x7).
 
