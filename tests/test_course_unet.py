@@ -255,3 +255,15 @@ def test_the_readme_three_lines_run_on_a_course_file(tmp_path, monkeypatch):
     torch.manual_seed(0)
     exec(compile(code, "README course lines", "exec"), namespace)
     assert namespace["x"].shape == (30, 3, 16, 16) and torch.isfinite(namespace["x"]).all()
+
+
+def test_for_inference_folds_the_course_network_too():
+    model = ContextUnet.from_course(trained_course_net().state_dict())
+    x, t, c = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(md.nn.for_inference(model)(x, t, c), model(x, t, c), rtol=1e-4, atol=1e-4)
+        double = ContextUnet.from_course(trained_course_net().state_dict(), shortcut="random").double()
+        torch.manual_seed(0)
+        a = double(x.double(), t.double(), c.double())
+        torch.manual_seed(0)
+        assert a.dtype == torch.float64 and torch.equal(a, double(x.double(), t.double(), c.double()))
