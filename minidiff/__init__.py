@@ -41,5 +41,5 @@ __all__ = [
     "Trainer", "TrainConfig", "load_model", "load_pipeline", "load_checkpoint", "save_checkpoint",
     "save_pretrained", "load_pretrained",
     "Tokenizer", "TextEncoder", "TextToImage",
-    "data", "exact", "imaging", "nn",
+    "data", "distill", "exact", "imaging", "nn",
 ]

@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--sampler", help="default: ddim (SDE checkpoints: euler_maruyama)")
     sample.add_argument("--steps", type=int, help="sampling steps (default: 25; SDE checkpoints: 500)")
     sample.add_argument("--eta", type=float, default=0.0, help="DDIM noise, 0 = deterministic (default 0)")
-    sample.add_argument("--spacing", default="leading", choices=SPACINGS,
-                        help="timestep grid of discrete-time samplers (default leading; with few steps trailing, "
+    sample.add_argument("--spacing", choices=SPACINGS,
+                        help="timestep grid of discrete-time samplers (default: the folder's own, else leading; "
+                             "with few steps trailing, "
                              "the course's grid, or karras is better: benchmarks/results/quality_vs_steps.md)")
     sample.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     sample.add_argument("--nrow", type=int, help="images per grid row (default: square)")
@@ -212,6 +213,10 @@ def cmd_sample(args) -> int:
         model, process = pretrained.load_pretrained(args.checkpoint, device=device)
         spec, prediction_type = index["model"], index.get("prediction_type") or "epsilon"
         class_names = index.get("class_names")
+        recorded = index.get("sampling") or {}                            # e.g. a distilled model's own grid
+        args.sampler = args.sampler or recorded.get("sampler")
+        args.steps = args.steps or recorded.get("steps")
+        args.spacing = args.spacing or recorded.get("spacing")
     else:
         checkpoint = ckpt.load_checkpoint(args.checkpoint)
         model = ckpt.model_from_checkpoint(checkpoint, ema=not args.raw, device=device, path=args.checkpoint)
@@ -230,7 +235,7 @@ def cmd_sample(args) -> int:
     if isinstance(process, NoiseSchedule):
         from .samplers import sample
         result = sample(model, process, shape, sampler=args.sampler or "ddim", steps=args.steps or 25, eta=args.eta,
-                        spacing=args.spacing, context=context, guidance_scale=args.guidance,
+                        spacing=args.spacing or "leading", context=context, guidance_scale=args.guidance,
                         prediction_type=prediction_type, generator=generator, return_trajectory=want_gif,
                         progress=True)
     else:
@@ -260,7 +265,8 @@ def _sample_text_to_image(args, device) -> int:
     if args.context is not None or args.gif is not None or args.raw:
         raise ValueError("--context, --gif and --raw do not apply to a text-to-image pipeline (it takes --prompt)")
     pipe = TextToImage.load_pretrained(args.checkpoint, device)
-    x = pipe(args.prompt, steps=args.steps or 25, sampler=args.sampler or "ddim", spacing=args.spacing, eta=args.eta,
+    x = pipe(args.prompt, steps=args.steps or 25, sampler=args.sampler or "ddim", spacing=args.spacing or "leading",
+             eta=args.eta,
              guidance_scale=3.0 if args.guidance is None else args.guidance, n_per_prompt=args.n,
              generator=torch.Generator().manual_seed(args.seed))
     imaging.save_image_grid(x, args.out, nrow=args.nrow, scale=args.scale)

@@ -18,6 +18,7 @@ and a JSON header: reading one cannot run code) and a JSON index you can open in
       "sde": null,                                                          # score models: {"class": "VESDE", ...}
       "prediction_type": "epsilon",                                         # or null when not known
       "class_names": ["cat", "dog"],                                        # what context k means, or null
+      "sampling": {"sampler": "ddim", "steps": 4, "spacing": "trailing"},   # how to sample it, or null
       "weights": "model.safetensors",
       "ema_weights": "ema.safetensors",                                     # or null
       "sha256": {"model.safetensors": "3f1c...", "ema.safetensors": "9a0b..."}
@@ -63,7 +64,8 @@ INDEX_NAME, WEIGHTS_NAME, EMA_WEIGHTS_NAME = "minidiff.json", "model.safetensors
 # ---------------------------------------------------------------------------------- writing
 def save_pretrained(model: nn.Module, schedule_or_sde: Any, folder: PathLike, *,
                     ema_model: Optional[nn.Module] = None, model_kwargs: Optional[dict] = None,
-                    prediction_type: Optional[str] = None, class_names: Optional[list] = None) -> str:
+                    prediction_type: Optional[str] = None, class_names: Optional[list] = None,
+                    sampling: Optional[dict] = None) -> str:
     """Write `model` (or `ema_model`, when given) and its noise process to `folder`; return the index path.
 
     `schedule_or_sde`: the NoiseSchedule or SDE the model was trained with (None for, say, an
@@ -71,6 +73,8 @@ def save_pretrained(model: nn.Module, schedule_or_sde: Any, folder: PathLike, *,
     ``build_model`` or loaded by minidiff (then ``model.minidiff_spec`` remembers them).
     `prediction_type`: what the network predicts ("epsilon", "sample", "v_prediction"), if you know.
     `class_names`: the name of each class id, for a class-conditional model (``minidiff sample --context NAME``).
+    `sampling`: how the model is meant to be sampled, {"sampler", "steps", "spacing"} (any of them), e.g. a
+    distilled model's own grid; ``minidiff sample`` uses it when no --sampler/--steps/--spacing is given.
     """
     from . import __version__
     spec = model_spec(model, model_kwargs)
@@ -90,6 +94,7 @@ def save_pretrained(model: nn.Module, schedule_or_sde: Any, folder: PathLike, *,
         "sde": sde.to_config() if sde is not None else None,
         "prediction_type": prediction_type,
         "class_names": [str(name) for name in class_names] if class_names is not None else None,
+        "sampling": check_sampling(sampling, "sampling") if sampling is not None else None,
         "weights": WEIGHTS_NAME,
         "ema_weights": EMA_WEIGHTS_NAME if ema_model is not None else None,
     }
@@ -127,6 +132,25 @@ def export_checkpoint(checkpoint_path: PathLike, folder: PathLike, ema: bool = T
     prediction_type = (checkpoint.get("train_config") or {}).get("prediction_type")
     return save_pretrained(model, schedule_or_sde_from_checkpoint(checkpoint), folder, ema_model=ema_model,
                            prediction_type=prediction_type, class_names=checkpoint.get("class_names"))
+
+
+def check_sampling(sampling: Any, name: str) -> dict:
+    """A sampling entry {"sampler": str, "steps": int >= 1, "spacing": str}, each optional; ValueError names it."""
+    from .samplers import SAMPLERS
+    from .schedule import SPACINGS
+    if not isinstance(sampling, dict):
+        raise ValueError(f"{name} must be a dict with keys sampler, steps, spacing, got {sampling!r}")
+    unknown = set(sampling) - {"sampler", "steps", "spacing"}
+    if unknown:
+        raise ValueError(f"{name} has unknown keys {sorted(unknown)}; it takes sampler, steps and spacing")
+    if "sampler" in sampling and sampling["sampler"] not in SAMPLERS:
+        raise ValueError(f"{name}: sampler must be one of {tuple(SAMPLERS)}, got {sampling['sampler']!r}")
+    steps = sampling.get("steps", 1)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{name}: steps must be an integer >= 1, got {steps!r}")
+    if "spacing" in sampling and sampling["spacing"] not in SPACINGS:
+        raise ValueError(f"{name}: spacing must be one of {SPACINGS}, got {sampling['spacing']!r}")
+    return dict(sampling)
 
 
 def _split_process(schedule_or_sde) -> Tuple[Optional[NoiseSchedule], Any]:
@@ -184,6 +208,11 @@ def read_index(folder: PathLike) -> dict:
             continue
         if not isinstance(weights, str) or os.path.basename(weights) != weights or weights in ("", ".", ".."):
             raise CheckpointError(f"{path}: \"{key}\" must be a file name inside the folder, got {weights!r}")
+    if index.get("sampling") is not None:
+        try:
+            check_sampling(index["sampling"], f"{path}: \"sampling\"")
+        except ValueError as error:
+            raise CheckpointError(str(error)) from None
     if not isinstance(index.get("sha256", {}), dict):
         raise CheckpointError(f"{path}: \"sha256\" must be {{file name: hex digest}}, got {index['sha256']!r}")
     return index

@@ -123,3 +123,45 @@ def test_distilling_the_exact_teacher_converges_to_its_few_step_map(schedule):
         assert (got - target).abs().max().item() < 1e-4, f"{r.steps} steps"
         own = ddim(ExactModel(DATA, schedule, "sample"), schedule, r.steps, x_T.double()).float()
         assert (own - target).abs().max().item() > 0.1, f"{r.steps} steps"      # the test can tell them apart
+
+
+def test_a_distilled_folder_samples_in_its_own_steps_from_the_cli(tmp_path):
+    """save_pretrained(sampling=...) records the student's grid; `minidiff sample` uses it without flags."""
+    from PIL import Image
+
+    from minidiff import cli
+    schedule = md.NoiseSchedule.course(T=64)
+    sizes = {"in_channels": 3, "n_feat": 8, "n_cfeat": 5, "height": 16}
+    model = md.nn.ContextUnet(**sizes).eval()
+    folder = tmp_path / "student_2"
+    md.save_pretrained(model, schedule, folder, model_kwargs=sizes, prediction_type="v_prediction",
+                       sampling={"sampler": "ddim", "steps": 2, "spacing": "trailing"})
+    assert cli.main(["sample", "--checkpoint", str(folder), "--n", "4", "--out", str(tmp_path / "cli.png"),
+                     "--device", "cpu", "--seed", "3"]) == 0
+    expected = md.sample(model, schedule, (4, 3, 16, 16), "ddim", steps=2, spacing="trailing",
+                         prediction_type="v_prediction", generator=torch.Generator().manual_seed(3), progress=False)
+    md.imaging.save_image_grid(expected, tmp_path / "api.png")
+    with Image.open(tmp_path / "cli.png") as a, Image.open(tmp_path / "api.png") as b:
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("sampling, message", [
+    ({"sampler": "ddim", "steps": 0}, "steps must be an integer >= 1"),
+    ({"sampler": "dpm"}, "sampler must be one of"),
+    ({"spacing": "odd"}, "spacing must be one of"),
+    ({"steps": 2, "grid": [1]}, "unknown keys"),
+    ("ddim", "must be a dict"),
+])
+def test_a_bad_sampling_entry_is_refused_naming_it(tmp_path, sampling, message):
+    import json
+    schedule = md.NoiseSchedule.course(T=64)
+    sizes = {"in_channels": 3, "n_feat": 8, "n_cfeat": 5, "height": 16}
+    with pytest.raises(ValueError, match=message):
+        md.save_pretrained(md.nn.ContextUnet(**sizes), schedule, tmp_path / "a", model_kwargs=sizes,
+                           sampling=sampling)
+    md.save_pretrained(md.nn.ContextUnet(**sizes), schedule, tmp_path / "b", model_kwargs=sizes)
+    index_path = tmp_path / "b" / "minidiff.json"
+    index = json.loads(index_path.read_text())
+    index_path.write_text(json.dumps({**index, "sampling": sampling}))
+    with pytest.raises(md.checkpoint.CheckpointError, match=f"sampling.*{message}"):
+        md.load_pretrained(tmp_path / "b")

@@ -20,6 +20,7 @@ PROMISED = {
     "conditional_transformer": ["classes.png", "classes_guided.png", "embedding_similarity.png", "loss.png",
                                 "results.md"],
     "latent_diffusion": ["reconstructions.png", "samples.png", "autoencoder_loss.png", "loss.png", "results.md"],
+    "few_step": ["teacher_vs_student.png", "few_step.md", "few_step.json"],
     "pitfalls": ["no_noise.png", "random_shortcut.png", "attention_axis.png", "attention_no_scale.png",
                  "clip_latents.png", "raw_weights.png", "grid_off_by_one.png", "pitfalls.md"],
 }
