@@ -12,10 +12,16 @@ by name is the dict SAMPLERS at the bottom, nothing else.
 Each sampler's update is a public one-step function (ddpm_step, ddim_step, dpmpp_2m_step, euler_step,
 heun_step): the loops here and the Stepper (stepper.py) call the same code.
 
-Symbols (as in schedule.py): alpha_bar = prod(1 - beta) at the current grid point; alpha_bar_prev is
-alpha_bar at the NEXT grid point, where the step lands (Ho et al.'s "t-1"; 1.0 after the last one: a
-clean x0); sigma_ve = sqrt((1 - alpha_bar) / alpha_bar), the noise level in "variance exploding" units
-(Karras et al.); sigma (DDIM) is the std of the noise a step adds; lambda_ = log-SNR.
+Symbols (as in schedule.py), one name per quantity:
+  alpha_bar       prod(1 - beta) at the grid point a step starts from;
+  alpha_bar_next  alpha_bar at the grid point the step lands on (Ho et al. write it "t-1" when sampling);
+                  1.0 after the last grid point: a clean x0;
+  sigma           sqrt(1 - alpha_bar), the std of the noise in x = sqrt(alpha_bar) x0 + sigma eps;
+  sigma_ve        sqrt((1 - alpha_bar) / alpha_bar), the same noise level in "variance exploding" units
+                  x / sqrt(alpha_bar) (Karras et al. 2022's sigma);
+  noise_std       the std of the fresh noise z a stochastic step adds (DDIM's sigma_t, Eq. 16);
+  lambda_         log-SNR = log(sqrt(alpha_bar) / sigma);
+  eps_pred        the network's noise estimate; `eps` names noise and nothing else.
 """
 
 from __future__ import annotations
@@ -50,26 +56,26 @@ def _next_alpha_bar(schedule: NoiseSchedule, timesteps: Sequence, k: int) -> flo
 
 
 # ------------------------------------------------------------------------------------------ DDPM
-def ddpm_step(x, x0_pred, alpha_bar: float, alpha_bar_prev: float, generator=None,
+def ddpm_step(x, x0_pred, alpha_bar: float, alpha_bar_next: float, generator=None,
               variance: Variance = "beta", add_noise: bool = True) -> Tensor:
-    """One ancestral step from alpha_bar to alpha_bar_prev (Ho et al. 2020, Algorithm 2, line 4).
+    """One ancestral step from alpha_bar to alpha_bar_next (Ho et al. 2020, Algorithm 2, line 4).
 
-    x_{prev} = posterior_mean(x0_pred, x) + sigma z with sigma^2 = beta ("beta", the sprites course) or
-    the posterior variance ("posterior"). On a grid coarser than every step, beta is the beta of the
-    jump, 1 - alpha_bar / alpha_bar_prev (Nichol & Dhariwal 2021, Sec. 4). No noise on the step to
-    alpha_bar_prev = 1. add_noise=False drops z: the course's "sampling without the extra noise" collapse.
+    x_next = posterior_mean(x0_pred, x) + noise_std z with noise_std^2 = beta ("beta", the sprites course)
+    or the posterior variance ("posterior"). On a grid coarser than every step, beta is the beta of the
+    jump, 1 - alpha_bar / alpha_bar_next (Nichol & Dhariwal 2021, Sec. 4). No noise on the step to
+    alpha_bar_next = 1. add_noise=False drops z: the course's "sampling without the extra noise" collapse.
     On NoiseSchedule.course this is the course's loop on every step but the last, where the course divides by
     sqrt(a_t[1]) although its ab_t[1] = a_t[0] a_t[1]; minidiff reads every step from the one table on purpose,
     so that each step is the posterior of the forward process the model was trained on.
     """
-    beta = 1 - alpha_bar / alpha_bar_prev                                  # beta of this jump
+    beta = 1 - alpha_bar / alpha_bar_next                                  # beta of this jump
     # Posterior mean, Ho et al. Eq. 7 (equal to Eq. 11's eps form when x0_pred is not clipped).
-    mean = (math.sqrt(alpha_bar_prev) * beta / (1 - alpha_bar)) * x0_pred \
-        + (math.sqrt(1 - beta) * (1 - alpha_bar_prev) / (1 - alpha_bar)) * x
-    if alpha_bar_prev == 1.0 or not add_noise:
+    mean = (math.sqrt(alpha_bar_next) * beta / (1 - alpha_bar)) * x0_pred \
+        + (math.sqrt(1 - beta) * (1 - alpha_bar_next) / (1 - alpha_bar)) * x
+    if alpha_bar_next == 1.0 or not add_noise:
         return mean
-    var = beta if variance == "beta" else beta * (1 - alpha_bar_prev) / (1 - alpha_bar)
-    return mean + math.sqrt(var) * _randn_like(x, generator)
+    noise_var = beta if variance == "beta" else beta * (1 - alpha_bar_next) / (1 - alpha_bar)
+    return mean + math.sqrt(noise_var) * _randn_like(x, generator)
 
 
 def ddpm(denoise, x, schedule, timesteps, generator=None, callback=None,
@@ -77,82 +83,81 @@ def ddpm(denoise, x, schedule, timesteps, generator=None, callback=None,
     """Ancestral sampling, Ho et al. 2020, Algorithm 2: ddpm_step on every grid point."""
     timesteps = timesteps.tolist()
     for k, i in enumerate(timesteps):
-        alpha_bar, alpha_bar_prev = _alpha_bar(schedule, i), _next_alpha_bar(schedule, timesteps, k)
+        alpha_bar, alpha_bar_next = _alpha_bar(schedule, i), _next_alpha_bar(schedule, timesteps, k)
         x0_pred, _ = denoise(x, i, alpha_bar)
-        x = ddpm_step(x, x0_pred, alpha_bar, alpha_bar_prev, generator, variance, add_noise)
+        x = ddpm_step(x, x0_pred, alpha_bar, alpha_bar_next, generator, variance, add_noise)
         if callback:
             callback({"step": k, "i": i, "x": x, "x0_pred": x0_pred})
     return x
 
 
 # ------------------------------------------------------------------------------------------ DDIM
-def ddim_step(x, x0_pred, eps_pred, alpha_bar: float, alpha_bar_prev: float, eta: float = 0.0,
+def ddim_step(x, x0_pred, eps_pred, alpha_bar: float, alpha_bar_next: float, eta: float = 0.0,
               generator=None) -> Tensor:
-    """One DDIM step from alpha_bar to alpha_bar_prev: Song, Meng & Ermon 2021, Eq. 12, sigma from Eq. 16."""
-    sigma = eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev))
-    direction = math.sqrt(max(1 - alpha_bar_prev - sigma**2, 0.0)) * eps_pred   # "direction pointing to x_t"
-    x = math.sqrt(alpha_bar_prev) * x0_pred + direction
-    if sigma > 0:
-        x = x + sigma * _randn_like(x, generator)
+    """One DDIM step from alpha_bar to alpha_bar_next: Song, Meng & Ermon 2021, Eq. 12, with noise_std the
+    paper's sigma_t of Eq. 16."""
+    noise_std = eta * math.sqrt((1 - alpha_bar_next) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_next))
+    direction = math.sqrt(max(1 - alpha_bar_next - noise_std**2, 0.0)) * eps_pred   # "direction pointing to x_t"
+    x = math.sqrt(alpha_bar_next) * x0_pred + direction
+    if noise_std > 0:
+        x = x + noise_std * _randn_like(x, generator)
     return x
 
 
 def ddim(denoise, x, schedule, timesteps, generator=None, callback=None, eta: float = 0.0) -> Tensor:
-    """Song, Meng & Ermon 2021 (DDIM), Eq. 12, with sigma from Eq. 16.
+    """Song, Meng & Ermon 2021 (DDIM), Eq. 12, with noise_std = the paper's sigma_t (Eq. 16).
 
     eta = 0: deterministic (the probability-flow path); eta = 1 on every step: ancestral sampling
     with the posterior variance. The last step lands on alpha_bar = 1, a clean x0.
     """
     timesteps = timesteps.tolist()
     for k, i in enumerate(timesteps):
-        alpha_bar, alpha_bar_prev = _alpha_bar(schedule, i), _next_alpha_bar(schedule, timesteps, k)
+        alpha_bar, alpha_bar_next = _alpha_bar(schedule, i), _next_alpha_bar(schedule, timesteps, k)
         x0_pred, eps_pred = denoise(x, i, alpha_bar)
-        x = ddim_step(x, x0_pred, eps_pred, alpha_bar, alpha_bar_prev, eta, generator)
+        x = ddim_step(x, x0_pred, eps_pred, alpha_bar, alpha_bar_next, eta, generator)
         if callback:
             callback({"step": k, "i": i, "x": x, "x0_pred": x0_pred})
     return x
 
 
 # ------------------------------------------------------------------------------------------ DPM-Solver++(2M)
-def dpmpp_2m_step(x, x0_pred, alpha_bar: float, alpha_bar_prev: float, x0_older: Optional[Tensor] = None,
+def dpmpp_2m_step(x, x0_pred, alpha_bar: float, alpha_bar_next: float, x0_older: Optional[Tensor] = None,
                   h_older: Optional[float] = None):
-    """One DPM-Solver++(2M) step from alpha_bar to alpha_bar_prev; returns (x, h) for the next step's memory.
+    """One DPM-Solver++(2M) step from alpha_bar to alpha_bar_next; returns (x, h) for the next step's memory.
 
     x0_older, h_older: the previous step's x0_pred and h (None on the first step: first order, = DDIM).
-    h is None after the final step to alpha_bar_prev = 1, where the update is x = x0_pred.
+    h is None after the final step to alpha_bar_next = 1, where the update is x = x0_pred.
     """
-    if alpha_bar_prev == 1.0:
+    if alpha_bar_next == 1.0:
         return x0_pred, None                                              # sigma_next = 0: land on the data
-    alpha_next, sigma_next = math.sqrt(alpha_bar_prev), math.sqrt(1 - alpha_bar_prev)
-    sigma_cur = math.sqrt(1 - alpha_bar)
-    lambda_cur = 0.5 * math.log(alpha_bar / (1 - alpha_bar))
-    lambda_next = 0.5 * math.log(alpha_bar_prev / (1 - alpha_bar_prev))
-    h = lambda_next - lambda_cur
+    sigma, sigma_next = math.sqrt(1 - alpha_bar), math.sqrt(1 - alpha_bar_next)
+    lambda_ = 0.5 * math.log(alpha_bar / (1 - alpha_bar))                 # log(sqrt(alpha_bar) / sigma)
+    lambda_next = 0.5 * math.log(alpha_bar_next / (1 - alpha_bar_next))
+    h = lambda_next - lambda_
     if x0_older is None:
         D = x0_pred                                                       # first order (DPM-Solver++(1) = DDIM)
     else:
         r = h_older / h
         D = (1 + 1 / (2 * r)) * x0_pred - (1 / (2 * r)) * x0_older
-    return (sigma_next / sigma_cur) * x - alpha_next * math.expm1(-h) * D, h
+    return (sigma_next / sigma) * x - math.sqrt(alpha_bar_next) * math.expm1(-h) * D, h
 
 
 def dpmpp_2m(denoise, x, schedule, timesteps, generator=None, callback=None) -> Tensor:
     """DPM-Solver++(2M), Lu et al. 2022 ("DPM-Solver++"), Algorithm 2: multistep, data prediction, in lambda.
 
-    With alpha = sqrt(alpha_bar), sigma_t = sqrt(1 - alpha_bar), lambda_ = log(alpha / sigma_t) and
-    h = lambda_next - lambda_cur:
-        x_next = (sigma_next / sigma_cur) x - alpha_next (exp(-h) - 1) D
-    where D = x0_pred on the first step (first order: DDIM) and (1 + 1/(2r)) x0_pred - 1/(2r) x0_prev on
-    every later step, r = h_prev / h. The last step goes to lambda_ = +inf, where the update is
-    x_next = x0_pred. This is the published algorithm, as k-diffusion's sample_dpmpp_2m and diffusers'
-    DPMSolverMultistepScheduler(solver_order=2, lower_order_final=True) run it.
+    With sigma = sqrt(1 - alpha_bar), lambda_ = log(sqrt(alpha_bar) / sigma) and h = lambda_next - lambda_:
+        x_next = (sigma_next / sigma) x - sqrt(alpha_bar_next) (exp(-h) - 1) D
+    where D = x0_pred on the first step (first order: DDIM) and (1 + 1/(2r)) x0_pred - 1/(2r) x0_older on
+    every later step, r = h_older / h (x0_older, h_older: the previous step's). The last step goes to
+    lambda_ = +inf, where the update is x_next = x0_pred. This is the published algorithm, as k-diffusion's
+    sample_dpmpp_2m and diffusers' DPMSolverMultistepScheduler(solver_order=2, lower_order_final=True) run it.
     """
     timesteps = timesteps.tolist()
     x0_older, h_older = None, None
     for k, i in enumerate(timesteps):
-        alpha_bar, alpha_bar_prev = _alpha_bar(schedule, i), _next_alpha_bar(schedule, timesteps, k)
+        alpha_bar, alpha_bar_next = _alpha_bar(schedule, i), _next_alpha_bar(schedule, timesteps, k)
         x0_pred, _ = denoise(x, i, alpha_bar)
-        x, h_older = dpmpp_2m_step(x, x0_pred, alpha_bar, alpha_bar_prev, x0_older, h_older)
+        x, h_older = dpmpp_2m_step(x, x0_pred, alpha_bar, alpha_bar_next, x0_older, h_older)
         x0_older = x0_pred
         if callback:
             callback({"step": k, "i": i, "x": x, "x0_pred": x0_pred})
@@ -168,31 +173,31 @@ def _derivative(x, x0_pred, alpha_bar: float) -> Tensor:
     return (x / math.sqrt(alpha_bar) - x0_pred) / math.sqrt((1 - alpha_bar) / alpha_bar)
 
 
-def euler_step(x, x0_pred, alpha_bar: float, alpha_bar_prev: float) -> Tensor:
-    """One Euler step of Karras et al. 2022, Algorithm 1 (lines 4-5), from alpha_bar to alpha_bar_prev."""
-    sigma_ve, sigma_ve_next = math.sqrt((1 - alpha_bar) / alpha_bar), math.sqrt((1 - alpha_bar_prev) / alpha_bar_prev)
+def euler_step(x, x0_pred, alpha_bar: float, alpha_bar_next: float) -> Tensor:
+    """One Euler step of Karras et al. 2022, Algorithm 1 (lines 4-5), from alpha_bar to alpha_bar_next."""
+    sigma_ve, sigma_ve_next = math.sqrt((1 - alpha_bar) / alpha_bar), math.sqrt((1 - alpha_bar_next) / alpha_bar_next)
     x_ve_next = x / math.sqrt(alpha_bar) + (sigma_ve_next - sigma_ve) * _derivative(x, x0_pred, alpha_bar)
-    return x_ve_next * math.sqrt(alpha_bar_prev)
+    return x_ve_next * math.sqrt(alpha_bar_next)
 
 
-def heun_step(x, x0_pred, x_euler, x0_pred_euler, alpha_bar: float, alpha_bar_prev: float) -> Tensor:
+def heun_step(x, x0_pred, x_euler, x0_pred_euler, alpha_bar: float, alpha_bar_next: float) -> Tensor:
     """Heun's correction, Karras et al. 2022, Algorithm 1 (lines 6-8): x_euler = euler_step(x, ...), and
-    x0_pred_euler the network's x0 at x_euler (its second call). Not taken on a step to alpha_bar_prev = 1."""
-    sigma_ve, sigma_ve_next = math.sqrt((1 - alpha_bar) / alpha_bar), math.sqrt((1 - alpha_bar_prev) / alpha_bar_prev)
-    d, d_next = _derivative(x, x0_pred, alpha_bar), _derivative(x_euler, x0_pred_euler, alpha_bar_prev)
+    x0_pred_euler the network's x0 at x_euler (its second call). Not taken on a step to alpha_bar_next = 1."""
+    sigma_ve, sigma_ve_next = math.sqrt((1 - alpha_bar) / alpha_bar), math.sqrt((1 - alpha_bar_next) / alpha_bar_next)
+    d, d_next = _derivative(x, x0_pred, alpha_bar), _derivative(x_euler, x0_pred_euler, alpha_bar_next)
     x_ve_next = x / math.sqrt(alpha_bar) + (sigma_ve_next - sigma_ve) * 0.5 * (d + d_next)
-    return x_ve_next * math.sqrt(alpha_bar_prev)
+    return x_ve_next * math.sqrt(alpha_bar_next)
 
 
 def _karras_loop(denoise, x, schedule, timesteps, callback, second_order: bool) -> Tensor:
     timesteps = timesteps.tolist()
     for k, i in enumerate(timesteps):
-        alpha_bar, alpha_bar_prev = _alpha_bar(schedule, i), _next_alpha_bar(schedule, timesteps, k)
+        alpha_bar, alpha_bar_next = _alpha_bar(schedule, i), _next_alpha_bar(schedule, timesteps, k)
         x0_pred, _ = denoise(x, i, alpha_bar)
-        x_next = euler_step(x, x0_pred, alpha_bar, alpha_bar_prev)
-        if second_order and alpha_bar_prev < 1.0:
-            x0_pred_euler, _ = denoise(x_next, timesteps[k + 1], alpha_bar_prev)
-            x_next = heun_step(x, x0_pred, x_next, x0_pred_euler, alpha_bar, alpha_bar_prev)
+        x_next = euler_step(x, x0_pred, alpha_bar, alpha_bar_next)
+        if second_order and alpha_bar_next < 1.0:
+            x0_pred_euler, _ = denoise(x_next, timesteps[k + 1], alpha_bar_next)
+            x_next = heun_step(x, x0_pred, x_next, x0_pred_euler, alpha_bar, alpha_bar_next)
         x = x_next
         if callback:
             callback({"step": k, "i": i, "x": x, "x0_pred": x0_pred})
@@ -223,12 +228,13 @@ def ddim_invert(model, schedule: NoiseSchedule, x0: Tensor, steps: int = 50, con
     ascending = schedule.timesteps(steps, spacing).flip(0).tolist()
     x = x0
     for k in tqdm(range(len(ascending)), disable=not progress, desc="ddim_invert"):
-        i = ascending[k]                                                  # eps is read at the grid point ahead,
-        alpha_bar = _alpha_bar(schedule, i)                               # (fractional on the "karras" grid)
-        _, eps_pred = denoise(x, i, alpha_bar)                            # mirroring the sampler's use of eps(x_i)
-        alpha_bar_cur = _alpha_bar(schedule, ascending[k - 1]) if k > 0 else 1.0
-        x0_pred = (x - math.sqrt(1 - alpha_bar_cur) * eps_pred) / math.sqrt(alpha_bar_cur)
-        x = math.sqrt(alpha_bar) * x0_pred + math.sqrt(1 - alpha_bar) * eps_pred
+        # One step from alpha_bar (the previous grid point; 1.0 before the first) to alpha_bar_next. eps_pred is
+        # read at the landing point (fractional on the "karras" grid), mirroring the sampler's use of eps(x_i).
+        alpha_bar = _alpha_bar(schedule, ascending[k - 1]) if k > 0 else 1.0
+        alpha_bar_next = _alpha_bar(schedule, ascending[k])
+        _, eps_pred = denoise(x, ascending[k], alpha_bar_next)
+        x0_pred = (x - math.sqrt(1 - alpha_bar) * eps_pred) / math.sqrt(alpha_bar)
+        x = math.sqrt(alpha_bar_next) * x0_pred + math.sqrt(1 - alpha_bar_next) * eps_pred
     return x
 
 

@@ -82,16 +82,16 @@ class Stepper:
             x_start, x0_start, alpha_bar_start = self._first
             self._first = None
             return S.heun_step(x_start, x0_start, x, x0_pred, alpha_bar_start, alpha_bar)
-        alpha_bar_prev = S._next_alpha_bar(self.schedule, self.grid, k)
+        alpha_bar_next = S._next_alpha_bar(self.schedule, self.grid, k)
         if self.sampler == "ddpm":
-            return S.ddpm_step(x, x0_pred, alpha_bar, alpha_bar_prev, generator, self.variance, self.add_noise_in_step)
+            return S.ddpm_step(x, x0_pred, alpha_bar, alpha_bar_next, generator, self.variance, self.add_noise_in_step)
         if self.sampler == "ddim":
-            return S.ddim_step(x, x0_pred, eps_pred, alpha_bar, alpha_bar_prev, self.eta, generator)
+            return S.ddim_step(x, x0_pred, eps_pred, alpha_bar, alpha_bar_next, self.eta, generator)
         if self.sampler == "dpmpp_2m":
-            x, self._h_older = S.dpmpp_2m_step(x, x0_pred, alpha_bar, alpha_bar_prev, self._x0_older, self._h_older)
+            x, self._h_older = S.dpmpp_2m_step(x, x0_pred, alpha_bar, alpha_bar_next, self._x0_older, self._h_older)
             self._x0_older = x0_pred
             return x
-        x_euler = S.euler_step(x, x0_pred, alpha_bar, alpha_bar_prev)
-        if self.sampler == "heun" and alpha_bar_prev < 1.0:
+        x_euler = S.euler_step(x, x0_pred, alpha_bar, alpha_bar_next)
+        if self.sampler == "heun" and alpha_bar_next < 1.0:
             self._first = (x, x0_pred, alpha_bar)
         return x_euler

@@ -98,7 +98,7 @@ def test_ddim_eta0_is_deterministic_and_lands_on_clean_x0():
                   generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b)
     assert len(traj["x"]) == 26 and len(traj["x0_pred"]) == 25 and traj["nfe"] == 25
-    torch.testing.assert_close(traj["x"][-1], traj["x0_pred"][-1])   # alpha_bar_prev = 1: x = x0_pred
+    torch.testing.assert_close(traj["x"][-1], traj["x0_pred"][-1])   # alpha_bar_next = 1: x = x0_pred
 
 
 def test_ddim_inversion_round_trip():
