@@ -22,7 +22,7 @@ How the error is measured (all in float64):
     noise at all. Stochastic samplers (ddpm, ddim eta=1, the SDE samplers) do: their W1 cannot fall below
     the W1 of n exact draws (the "noise floor", measured and drawn), and their order is fitted only on
     points at least 3x above that floor, and called meaningful only when 3 or more such points exist.
-  * the discrete samplers' target is the data; the SDE samplers stop at t = eps = 1e-3, so theirs is p_eps.
+  * the discrete samplers' target is the data; the SDE samplers stop at t = t_min = 1e-3, so theirs is p_t_min.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def draw(run: Run, data: Mixture1D, steps: int, n: int, seed: int, schedule: md.
         x_T = data.noisy(*kernel(sde, 1.0)).quantile_grid(n)[:, None].clone()  # p at t = 1, exactly
         x = md.sde_sample(model, sde, (n, 1), method=run.method[4:], steps=steps, x_T=x_T, generator=generator,
                           progress=False)
-        target = data.noisy(*kernel(sde, 1e-3))                               # sde_sample stops at t = eps = 1e-3
+        target = data.noisy(*kernel(sde, 1e-3))                               # sde_sample stops at t = t_min = 1e-3
     else:
         model = md.exact.ExactModel(data.oracle(), schedule)                   # E[eps | x_i]; counts .nfe
         alpha_bar = float(schedule.alpha_bar_at(float(schedule.timesteps(steps, run.spacing)[0])))
@@ -361,7 +361,7 @@ def main(argv=None) -> int:
     settings = {"command": command, "quick": args.quick, "n": n, "n_stochastic": n_stochastic, "seed": args.seed,
                 "seconds": time.perf_counter() - start, "torch": torch.__version__,
                 "python": platform.python_version(), "T": 1000, "schedule": "linear", "sde": "VPSDE(0.1, 20)",
-                "sde_eps": 1e-3, "noise_floor_factor": NOISE_FLOOR_FACTOR, "fit_points": FIT_POINTS}
+                "sde_t_min": 1e-3, "noise_floor_factor": NOISE_FLOOR_FACTOR, "fit_points": FIT_POINTS}
     paths = write_reports(results, settings, args.out)
     for name, d in results.items():
         print(f"{name}: " + ", ".join(f"{run['label']} {_order(run['fit'])}" for run in d["runs"]))

@@ -3,10 +3,10 @@
 Song et al. 2021, "Score-Based Generative Modeling through SDEs", Sec. 4.3 and App. D.2; the
 instantaneous change of variables of Chen et al. 2018 ("Neural ODEs", Theorem 1).
 
-Run the probability-flow ODE dx/dt = f_tilde(x, t) (Eq. 13) from the data at t = eps up to t = 1.
+Run the probability-flow ODE dx/dt = f_tilde(x, t) (Eq. 13) from the data at t = t_min up to t = 1.
 The log-density along the path obeys  d log p_t(x(t)) / dt = -div f_tilde(x(t), t),  so
 
-    log p_eps(x) = log p_1(x(1)) + int_eps^1 div f_tilde(x(t), t) dt,
+    log p_t_min(x) = log p_1(x(1)) + int_t_min^1 div f_tilde(x(t), t) dt,
 
 with log p_1 the prior's log-density. The divergence (the trace of the drift's Jacobian) is computed
 exactly with one backward pass per dimension, or estimated as z^T (d f_tilde / dx) z with a probe z
@@ -22,16 +22,16 @@ import torch
 from torch import Tensor
 
 from .ode import rk45
-from .sde import SDE, _batch_time, _randn
+from .sde import SDE, _batch_time, _randn, check_t_min
 
 TraceMethod = Literal["rademacher", "gaussian", "exact"]
 TRACE_METHODS = ("rademacher", "gaussian", "exact")
 
 
 def log_likelihood(score_model, sde: SDE, x: Tensor, *, context: Optional[Tensor] = None,
-                   trace: TraceMethod = "rademacher", eps: float = 1e-5, rtol: float = 1e-5, atol: float = 1e-5,
+                   trace: TraceMethod = "rademacher", t_min: float = 1e-5, rtol: float = 1e-5, atol: float = 1e-5,
                    dequantize: bool = False, generator: Optional[torch.Generator] = None,
-                   return_info: bool = False, progress: bool = False):
+                   return_info: bool = False, progress: bool = False, eps: Optional[float] = None):
     """Bits per dimension of each sample of x [B, ...] under the model's probability-flow ODE.
 
     trace: "rademacher" or "gaussian" (a Hutchinson estimate: unbiased, one backward pass per
@@ -39,14 +39,13 @@ def log_likelihood(score_model, sde: SDE, x: Tensor, *, context: Optional[Tensor
     dequantize=True treats x as 8-bit images (uint8 in [0, 255], or floats in [-1, 1] on the 8-bit
         grid), adds uniform noise within each of the 256 bins and reports the bits/dim of the discrete
         data: -log2 p(x_dequantized) / D + 7 (8 bits for the bins, minus 1 for the [-1, 1] scale).
-    Without it the result is the continuous -log2 p_eps(x) / D.
+    Without it the result is the continuous -log2 p_t_min(x) / D. `eps=` is the deprecated old name of t_min.
     Returns bpd [B]; with return_info=True, (bpd, info) where info = {"nfe": drift evaluations,
-    "logp": log p_eps(x) [B] in nats, "prior_logp": [B], "z": x(1), the latent}.
+    "logp": log p_t_min(x) [B] in nats, "prior_logp": [B], "z": x(1), the latent}.
     """
     if trace not in TRACE_METHODS:
         raise ValueError(f"trace must be one of {TRACE_METHODS}, got {trace!r}")
-    if not 0 < eps < 1:
-        raise ValueError(f"eps must lie in the open interval (0, 1), got {eps}")
+    t_min = check_t_min(t_min, eps, "log_likelihood")
     if x.ndim < 2 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch [B, ...], got shape {tuple(x.shape)}")
     if dequantize:
@@ -76,13 +75,13 @@ def log_likelihood(score_model, sde: SDE, x: Tensor, *, context: Optional[Tensor
     try:
         with torch.no_grad():
             state = torch.cat([x.flatten(1), x.new_zeros(B, 1)], dim=1)                    # [B, D + 1]
-            state, nfe = rk45(augmented_drift, state, eps, 1.0, rtol=rtol, atol=atol, progress=progress)
+            state, nfe = rk45(augmented_drift, state, t_min, 1.0, rtol=rtol, atol=atol, progress=progress)
     finally:
         if was_training:
             score_model.train()
     z, integral_of_div = state[:, :D].reshape(x.shape), state[:, D]
     prior_logp = sde.prior_logp(z)
-    logp = prior_logp + integral_of_div                     # log p_eps(x) = log p_1(x(1)) + int div dt
+    logp = prior_logp + integral_of_div                     # log p_t_min(x) = log p_1(x(1)) + int div dt
     bpd = -logp / (D * math.log(2))
     if dequantize:
         bpd = bpd + 7.0

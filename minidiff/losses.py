@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .schedule import PREDICTION_TYPES, NoiseSchedule, PredictionType
+from .sde import check_t_min
 
 Weighting = Literal["none", "min_snr"]
 WEIGHTINGS = ("none", "min_snr")
@@ -61,22 +62,23 @@ def diffusion_loss(model, x0: Tensor, schedule: NoiseSchedule, prediction_type: 
     return per_sample.mean()
 
 
-def dsm_loss(score_model, x0: Tensor, sde, eps: float = 1e-5, context: Optional[Tensor] = None,
-             likelihood_weighting: bool = False, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Denoising score matching for an SDE (Song et al. 2021, Eq. 7): t ~ U(eps, 1), z ~ N(0, I).
+def dsm_loss(score_model, x0: Tensor, sde, t_min: float = 1e-5, context: Optional[Tensor] = None,
+             likelihood_weighting: bool = False, generator: Optional[torch.Generator] = None, *,
+             eps: Optional[float] = None) -> Tensor:
+    """Denoising score matching for an SDE (Song et al. 2021, Eq. 7): t ~ U(t_min, 1), z ~ N(0, I).
 
     x_t = mean + std z is drawn from the SDE's kernel p_0t(x_t | x0), whose score is -z / std. With the
     weight lambda(t) = std(t)^2 (the seed tutorial) the per-sample loss is  sum (score * std + z)^2;
     likelihood_weighting=True uses lambda(t) = g(t)^2, which makes the loss a bound on the negative
     log-likelihood (Song, Durkan, Murray & Ermon 2021, Theorem 1).
+    `eps=` is the deprecated old name of t_min.
     Returns a scalar: the mean over the batch of the per-sample sum over all other dimensions.
     """
-    if not 0 < eps < 1:
-        raise ValueError(f"eps must lie in the open interval (0, 1), got {eps}")
+    t_min = check_t_min(t_min, eps, "dsm_loss")
     if x0.ndim < 2 or x0.shape[0] == 0:
         raise ValueError(f"x0 must be a non-empty batch [B, ...], got shape {tuple(x0.shape)}")
     B = x0.shape[0]
-    t = (torch.rand(B, generator=generator, dtype=torch.float64) * (1 - eps) + eps).to(x0.device, x0.dtype)
+    t = (torch.rand(B, generator=generator, dtype=torch.float64) * (1 - t_min) + t_min).to(x0.device, x0.dtype)
     z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
     mean, std = sde.marginal_prob(x0, t)                 # std: [B, 1, ...]
     score = score_model(mean + std * z, t, context)

@@ -2,7 +2,7 @@
 
 The probability-flow ODE sampler (sde.py) and the likelihood (likelihood.py) integrate
 dy/dt = f(t, y) with these, where y is a batch [B, ...] and t a python float. Time may run
-backwards (t1 < t0): sampling goes from t = 1 down to eps, the likelihood from eps up to 1.
+backwards (t1 < t0): sampling goes from t = 1 down to t_min, the likelihood from t_min up to 1.
 
 Both solvers return (y at t1, the number of evaluations of f), so a caller can report the NFE.
 """

@@ -8,7 +8,7 @@ Symbols (used with these names throughout):
     f, g       drift f(x, t) and diffusion g(t) of the forward SDE  dx = f(x, t) dt + g(t) dw     (Eq. 5)
     score      grad_x log p_t(x), what a score model returns: score_model(x, t, context)
     mean, std  the perturbation kernel p_0t(x(t) | x(0)) = N(mean, std^2 I), in closed form (App. B)
-    eps        the smallest time a sampler visits or the loss draws (never the noise: noise is `z`)
+    t_min      the smallest time a sampler visits or the loss draws (noise is `z`; `eps` names noise only)
 
 The reverse-time SDE  dx = [f - g^2 score] dt + g dw_bar  (Eq. 6) generates data from the prior; the
 probability-flow ODE  dx/dt = f - 1/2 g^2 score  (Eq. 13) has the same marginals and no noise.
@@ -24,6 +24,7 @@ sde_samplers.py, the likelihood in likelihood.py, the ODE solvers in ode.py.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -340,3 +341,14 @@ def _randn(shape, generator: Optional[torch.Generator], device=None, dtype=torch
     """Standard normal noise, drawn on the generator's device (for reproducibility) and moved to `device`."""
     draw_on = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=draw_on, dtype=dtype).to(device)
+
+
+def check_t_min(t_min: float, eps: Optional[float] = None, where: str = "this function") -> float:
+    """t_min checked to lie in (0, 1); `eps`, its old name (deprecated), wins with a DeprecationWarning."""
+    if eps is not None:
+        warnings.warn(f"{where}(eps=...) is deprecated and will be removed in the next release: the smallest "
+                      f"SDE time is now called t_min (eps names noise only)", DeprecationWarning, stacklevel=3)
+        t_min = eps
+    if not 0 < t_min < 1:
+        raise ValueError(f"t_min must lie in the open interval (0, 1), got {t_min}")
+    return t_min

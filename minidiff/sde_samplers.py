@@ -6,7 +6,7 @@ that paper's equation n, symbols as in sde.py. Each sampler is a plain function 
     sampler(score, sde, x, ts, generator=None, callback=None, progress=False, **options) -> x
 
 where `score(x, t)` is the model behind guidance (GuidedScore), x starts at the prior and `ts` is the
-descending time grid from 1 to eps. SDE_SAMPLERS maps the names `sde_sample` accepts to them.
+descending time grid from 1 to t_min. SDE_SAMPLERS maps the names `sde_sample` accepts to them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .guidance import guided_output
 from .ode import heun, rk45
-from .sde import SDE, _batch_time, _check_int, _per_sample, _randn
+from .sde import SDE, _batch_time, _check_int, _per_sample, _randn, check_t_min
 
 
 class GuidedScore:
@@ -101,20 +101,21 @@ ODE_SOLVERS = ("rk45", "heun")
 
 
 def sde_sample(score_model, sde: SDE, shape: Sequence[int], method: Method = "euler_maruyama", steps: int = 500,
-               eps: float = 1e-3, context: Optional[Tensor] = None, x_T: Optional[Tensor] = None,
+               t_min: float = 1e-3, context: Optional[Tensor] = None, x_T: Optional[Tensor] = None,
                generator: Optional[torch.Generator] = None, progress: bool = True, *,
                guidance_scale: Optional[float] = None, uncond_context: Optional[Tensor] = None,
                snr: float = 0.16, corrector_steps: int = 1, ode_solver: str = "rk45",
                rtol: float = 1e-5, atol: float = 1e-5, return_trajectory: bool = False,
-               return_info: bool = False, device=None):
-    """Draw samples [B, ...] = shape by running `sde` backwards from its prior at t = 1 to t = eps.
+               return_info: bool = False, device=None, eps: Optional[float] = None):
+    """Draw samples [B, ...] = shape by running `sde` backwards from its prior at t = 1 to t = t_min.
 
     method: "euler_maruyama" (steps steps), "pc" (steps predictor steps, each after `corrector_steps`
         Langevin steps with signal-to-noise ratio `snr`), or "ode" (the probability-flow ODE, with
         ode_solver "rk45" to tolerances rtol/atol, which ignores `steps`, or "heun" with `steps` steps).
         Options of the other methods are ignored.
     score_model(x, t, context) returns the score; x_T replaces the prior draw; guidance_scale turns on
-    classifier-free guidance (see guidance.py for the null context; or pass uncond_context).
+    classifier-free guidance (see guidance.py for the null context; or pass uncond_context). `eps=` is the
+    deprecated old name of t_min.
     Returns x. With return_trajectory=True or return_info=True, returns (x, info), info a dict with
     "nfe" (score-model calls; a guided call of 2B counts once) and, for return_trajectory, "x" (CPU
     tensors: x at t = 1 and after every step, or every accepted RK45 step) and "t" (their times).
@@ -127,8 +128,7 @@ def sde_sample(score_model, sde: SDE, shape: Sequence[int], method: Method = "eu
         raise ValueError(f"ode_solver must be one of {ODE_SOLVERS}, got {ode_solver!r}")
     _check_int("steps", steps, minimum=1)
     _check_int("corrector_steps", corrector_steps, minimum=0)
-    if not 0 < eps < 1:
-        raise ValueError(f"eps must lie in the open interval (0, 1), got {eps}")
+    t_min = check_t_min(t_min, eps, "sde_sample")
     if not snr > 0:
         raise ValueError(f"snr must be > 0, got {snr}")
     shape = tuple(shape)
@@ -148,7 +148,7 @@ def sde_sample(score_model, sde: SDE, shape: Sequence[int], method: Method = "eu
 
     device = device if device is not None else (x_T.device if x_T is not None else _model_device(score_model))
     x = x_T.to(device) if x_T is not None else sde.prior_sample(shape, generator, device)
-    ts = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64).tolist()  # descending, ts[0] = 1, ts[-1] = eps
+    ts = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64).tolist()  # descending: 1 .. t_min
     score = GuidedScore(score_model, context, guidance_scale, uncond_context)
     info = {"nfe": 0, "x": [x.detach().cpu()], "t": [ts[0]]} if return_trajectory else {"nfe": 0}
 

@@ -237,7 +237,7 @@ class Trainer:
             return diffusion_loss(self.train_model, x, self.schedule, c.prediction_type, context,
                                   c.loss_weighting, generator=generator)
         from .losses import dsm_loss
-        return dsm_loss(self.train_model, x, self.sde, eps=c.dsm_eps, context=context, generator=generator)
+        return dsm_loss(self.train_model, x, self.sde, t_min=c.dsm_t_min, context=context, generator=generator)
 
     def _autocast(self):
         import contextlib

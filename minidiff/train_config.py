@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -50,7 +51,7 @@ class TrainConfig:
     objective: str = "diffusion"          # "diffusion" (Ho et al., with a NoiseSchedule) | "dsm" (with an SDE)
     prediction_type: str = "epsilon"      # the network's target: "epsilon" | "sample" | "v_prediction"
     loss_weighting: str = "none"          # "none" | "min_snr" (see losses.diffusion_loss)
-    dsm_eps: float = 1e-5                 # smallest SDE time drawn by the dsm objective
+    dsm_t_min: float = 1e-5               # smallest SDE time drawn by the dsm objective
     log_every: int = 50                   # write a row to loss.csv (and redraw loss.png) this often
     sample_every: int = 0                 # write a sample grid this often (0: only at the end if > 0 steps)
     sample_steps: int = 25                # DDIM steps (or SDE steps) for those grids
@@ -92,8 +93,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise ValueError(f"TrainConfig.grad_clip must be None or a finite number > 0, got {self.grad_clip}")
-        if not 0 < self.dsm_eps < 1:
-            raise ValueError(f"TrainConfig.dsm_eps must lie in the open interval (0, 1), got {self.dsm_eps}")
+        if not 0 < self.dsm_t_min < 1:
+            raise ValueError(f"TrainConfig.dsm_t_min must lie in the open interval (0, 1), got {self.dsm_t_min}")
         self.adam_betas = tuple(self.adam_betas)
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"TrainConfig.adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
@@ -103,7 +104,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        """Build from a plain dict; unknown keys are an error that lists the known ones."""
+        """Build from a plain dict; unknown keys are an error that lists the known ones.
+
+        "dsm_eps" (older checkpoints and files) is read as dsm_t_min, with a DeprecationWarning."""
+        if "dsm_eps" in values:
+            warnings.warn("TrainConfig field dsm_eps is now dsm_t_min; the old name is read until the next release",
+                          DeprecationWarning, stacklevel=2)
+            values = {("dsm_t_min" if k == "dsm_eps" else k): v for k, v in values.items()}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -52,6 +52,7 @@ from minidiff.train import TrainConfig, Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAN, INF = float("nan"), float("inf")
+T_MIN_RANGE = r"t_min must lie in the open interval \(0, 1\)"
 S = md.NoiseSchedule.linear(T=20)
 ZERO_SNR = md.NoiseSchedule.linear(T=20, zero_terminal_snr=True)
 EPS_MODEL = ExactModel(GaussianMixture([0.5], [0.3]), S)
@@ -283,9 +284,9 @@ SDE_ROWS = [
     row("sde_sample steps=2.5", lambda: sde_sample(steps=2.5), ValueError, r"steps must be an integer >= 1"),
     row("sde_sample corrector_steps=-1", lambda: sde_sample(method="pc", corrector_steps=-1), ValueError,
         r"corrector_steps must be an integer >= 0"),
-    row("sde_sample eps=0", lambda: sde_sample(eps=0.0), ValueError, r"eps must lie in the open interval \(0, 1\)"),
-    row("sde_sample eps=1", lambda: sde_sample(eps=1.0), ValueError, r"eps must lie in the open interval \(0, 1\)"),
-    row("sde_sample eps=nan", lambda: sde_sample(eps=NAN), ValueError, r"eps must lie in the open interval \(0, 1\)"),
+    row("sde_sample t_min=0", lambda: sde_sample(t_min=0.0), ValueError, T_MIN_RANGE),
+    row("sde_sample t_min=1", lambda: sde_sample(t_min=1.0), ValueError, T_MIN_RANGE),
+    row("sde_sample t_min=nan", lambda: sde_sample(t_min=NAN), ValueError, T_MIN_RANGE),
     row("sde_sample snr=0", lambda: sde_sample(method="pc", snr=0.0), ValueError, r"snr must be > 0"),
     row("sde_sample snr=nan", lambda: sde_sample(method="pc", snr=NAN), ValueError, r"snr must be > 0"),
     row("sde_sample rtol=0", lambda: sde_sample(method="ode", rtol=0.0), ValueError, r"rtol and atol must be > 0"),
@@ -309,8 +310,8 @@ SDE_ROWS = [
         r"sde_sample method 'pc' with steps=3 produced NaN or inf"),           # beta(t) dt > 1: no real step
     row("log_likelihood trace", lambda: md.log_likelihood(exact_score, VE, torch.zeros(2, 1), trace="hutch"),
         ValueError, r"trace must be one of \('rademacher', 'gaussian', 'exact'\)"),
-    row("log_likelihood eps", lambda: md.log_likelihood(exact_score, VE, torch.zeros(2, 1), eps=0.0), ValueError,
-        r"eps must lie in the open interval \(0, 1\)"),
+    row("log_likelihood t_min", lambda: md.log_likelihood(exact_score, VE, torch.zeros(2, 1), t_min=0.0), ValueError,
+        T_MIN_RANGE),
     row("log_likelihood 1-D x", lambda: md.log_likelihood(exact_score, VE, torch.zeros(3)), ValueError,
         r"x must be a non-empty batch \[B, ...\]"),
     row("log_likelihood empty batch", lambda: md.log_likelihood(exact_score, VE, torch.zeros(0, 1)), ValueError,
@@ -330,10 +331,10 @@ SDE_ROWS = [
         ValueError, r"prediction_type must be one of"),
     row("diffusion_loss weighting", lambda: md.diffusion_loss(EPS_MODEL, torch.zeros(2, 1), S, weighting="snr"),
         ValueError, r"weighting must be one of \('none', 'min_snr'\)"),
-    row("dsm_loss eps=0", lambda: md.dsm_loss(exact_score, torch.zeros(2, 1), VE, eps=0.0), ValueError,
-        r"eps must lie in the open interval \(0, 1\)"),
-    row("dsm_loss eps=1", lambda: md.dsm_loss(exact_score, torch.zeros(2, 1), VE, eps=1.0), ValueError,
-        r"eps must lie in the open interval \(0, 1\)"),
+    row("dsm_loss t_min=0", lambda: md.dsm_loss(exact_score, torch.zeros(2, 1), VE, t_min=0.0), ValueError,
+        T_MIN_RANGE),
+    row("dsm_loss t_min=1", lambda: md.dsm_loss(exact_score, torch.zeros(2, 1), VE, t_min=1.0), ValueError,
+        T_MIN_RANGE),
     row("dsm_loss empty batch", lambda: md.dsm_loss(exact_score, torch.zeros(0, 1), VE), ValueError,
         r"x0 must be a non-empty batch"),
     row("as_score_model prediction_type", lambda: md.as_score_model(EPS_MODEL, S, "score"), ValueError,
@@ -628,7 +629,7 @@ CONFIG_ROWS = [  # (field, bad value, pattern)
     ("ema_decay", NAN, r"ema_decay must lie in \[0.0, 1.0\]"),
     ("context_dropout", -0.1, r"context_dropout must lie in \[0.0, 1.0\]"),
     ("context_dropout", NAN, r"context_dropout must lie in \[0.0, 1.0\]"),
-    ("dsm_eps", 0.0, r"dsm_eps must lie in the open interval \(0, 1\)"),
+    ("dsm_t_min", 0.0, r"dsm_t_min must lie in the open interval \(0, 1\)"),
     ("decay", "exponential", r"decay must be one of \('linear', 'cosine', 'constant'\)"),
     ("mixed_precision", "fp8", r"mixed_precision must be one of \('no', 'bf16', 'fp16', 'auto'\)"),
     ("objective", "vlb", r"objective must be one of \('diffusion', 'dsm'\)"),

@@ -242,7 +242,7 @@ def test_samplers_recover_gaussian_data(name, method):
     Observed errors over the 16 cases: at most 0.0096 (mean) and 0.0087 (std).
     """
     sde, eps = SDES[name](), 1e-3
-    x = sde_sample(ExactScore(GAUSS, sde), sde, (4000, 4), eps=eps, generator=torch.Generator().manual_seed(1),
+    x = sde_sample(ExactScore(GAUSS, sde), sde, (4000, 4), t_min=eps, generator=torch.Generator().manual_seed(1),
                    progress=False, **METHODS[method])
     m_eps, s_eps = kernel(sde, eps)
     m_1, s_1 = kernel(sde, 1.0)
@@ -271,13 +271,13 @@ def test_ode_solvers_follow_the_exact_flow(name):
     x_T = sde.prior_sample((256, 4), generator=torch.Generator().manual_seed(0))
     exact, _ = gaussian_flow(GAUSS, sde, x_T, 1.0, eps)
     score = ExactScore(GAUSS, sde)
-    x, info = sde_sample(score, sde, x_T.shape, method="ode", eps=eps, x_T=x_T, progress=False, return_info=True)
+    x, info = sde_sample(score, sde, x_T.shape, method="ode", t_min=eps, x_T=x_T, progress=False, return_info=True)
     assert (x.double() - exact).abs().max() < 5e-4           # observed <= 7.4e-5
     assert info["nfe"] < 200                        # observed 62 (VE), 80 (VP), 74 (sub-VP), 116 (geometric VE)
-    loose, _ = sde_sample(score, sde, x_T.shape, method="ode", eps=eps, x_T=x_T, progress=False, rtol=1e-2,
+    loose, _ = sde_sample(score, sde, x_T.shape, method="ode", t_min=eps, x_T=x_T, progress=False, rtol=1e-2,
                           atol=1e-2, return_info=True)
     assert (loose.double() - exact).abs().max() > (x.double() - exact).abs().max()
-    x = sde_sample(score, sde, x_T.shape, method="ode", ode_solver="heun", steps=100, eps=eps, x_T=x_T,
+    x = sde_sample(score, sde, x_T.shape, method="ode", ode_solver="heun", steps=100, t_min=eps, x_T=x_T,
                    progress=False)
     assert (x.double() - exact).abs().max() < 2e-2           # observed <= 6.9e-3 (geometric VE)
 
@@ -304,7 +304,7 @@ def test_log_likelihood_exact_trace_matches_the_closed_form(name):
     through the exact flow. Where the prior matches p_1 (VP, sub-VP) that is the data density within 0.02."""
     sde, eps = SDES[name](), 1e-5
     x = GAUSS.sample(256, torch.Generator().manual_seed(2)).float()
-    bpd, info = log_likelihood(ExactScore(GAUSS, sde), sde, x, trace="exact", eps=eps, return_info=True)
+    bpd, info = log_likelihood(ExactScore(GAUSS, sde), sde, x, trace="exact", t_min=eps, return_info=True)
     D = x.shape[1]
     model_bpd = -model_logp(GAUSS, sde, x, eps) / (D * math.log(2))
     assert bpd.shape == (256,) and info["nfe"] > 0
@@ -313,7 +313,7 @@ def test_log_likelihood_exact_trace_matches_the_closed_form(name):
         data_bpd = -log_p(GAUSS, sde, x, eps) / (D * math.log(2))
         assert (bpd - data_bpd).abs().max() < 0.02            # observed 7.9e-3
     # Rademacher probes are exact when the Jacobian is diagonal (isotropic data)
-    rademacher = log_likelihood(ExactScore(GAUSS, sde), sde, x, trace="rademacher", eps=eps,
+    rademacher = log_likelihood(ExactScore(GAUSS, sde), sde, x, trace="rademacher", t_min=eps,
                                 generator=torch.Generator().manual_seed(3))
     assert (rademacher - model_bpd).abs().max() < 2e-3
 
@@ -420,7 +420,7 @@ def test_dsm_loss_closed_forms():
     t = torch.linspace(1e-2, 1, 200001, dtype=torch.float64)
     weight = (sde.sde(torch.ones(t.shape[0], 1, dtype=torch.float64), t)[1].flatten() / sde.marginal_std(t)) ** 2
     expected = D * torch.trapezoid(weight, t).item() / (1 - 1e-2)
-    loss = dsm_loss(zero, torch.zeros(20000, D), sde, eps=1e-2, likelihood_weighting=True, generator=gen).item()
+    loss = dsm_loss(zero, torch.zeros(20000, D), sde, t_min=1e-2, likelihood_weighting=True, generator=gen).item()
     assert loss == pytest.approx(expected, rel=0.03)
     # Gaussian data with the exact score: the irreducible loss D E_t[m^2 s^2 / (m^2 s^2 + std^2)]
     # (standard error 1.2% with 40000 samples)
@@ -504,7 +504,7 @@ def test_trajectories_nfe_generators_and_eval_mode():
     labels = torch.tensor([0, 1, 0])
     for method, options, nfe in [("euler_maruyama", {}, 20), ("pc", {"corrector_steps": 2}, 60),
                                  ("ode", {"ode_solver": "heun"}, 40)]:
-        x, info = sde_sample(model, sde, (3, 2), method=method, steps=20, eps=1e-3, context=labels,
+        x, info = sde_sample(model, sde, (3, 2), method=method, steps=20, t_min=1e-3, context=labels,
                              generator=torch.Generator().manual_seed(0), progress=False, return_trajectory=True,
                              **options)
         assert info["nfe"] == nfe and len(info["x"]) == len(info["t"]) == 21
@@ -531,3 +531,25 @@ def test_last_step_adds_no_noise():
         x, info = sde_sample(zero, ve, (4, 3), method=method, steps=10, corrector_steps=0, progress=False,
                              generator=torch.Generator().manual_seed(0), return_trajectory=True)
         assert torch.equal(x, info["x"][-2]) and not torch.equal(info["x"][-2], info["x"][-3])
+
+
+def test_old_eps_keyword_still_works_with_a_deprecation_warning():
+    """`eps=` was the minimum SDE time's old name: for one release it still works, and warns."""
+    from minidiff.train_config import TrainConfig
+
+    ve, zero = VESDE(25.0), lambda x, t, c=None: torch.zeros_like(x)
+    x_T = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
+    new = sde_sample(zero, ve, (2, 4), "ode", 4, t_min=0.1, x_T=x_T, progress=False, ode_solver="heun")
+    with pytest.warns(DeprecationWarning, match=r"sde_sample\(eps=...\) is deprecated.*t_min"):
+        old = sde_sample(zero, ve, (2, 4), "ode", 4, eps=0.1, x_T=x_T, progress=False, ode_solver="heun")
+    assert torch.equal(old, new)
+    with pytest.warns(DeprecationWarning, match=r"log_likelihood\(eps=...\)"):
+        old = log_likelihood(ExactScore(GAUSS, ve), ve, x_T, trace="exact", eps=0.1)
+    torch.testing.assert_close(old, log_likelihood(ExactScore(GAUSS, ve), ve, x_T, trace="exact", t_min=0.1))
+    with pytest.warns(DeprecationWarning, match=r"dsm_loss\(eps=...\)"):
+        old = dsm_loss(zero, x_T, ve, eps=0.5, generator=torch.Generator().manual_seed(0))
+    assert old.item() == dsm_loss(zero, x_T, ve, t_min=0.5, generator=torch.Generator().manual_seed(0)).item()
+    with pytest.warns(DeprecationWarning, match="dsm_eps is now dsm_t_min"):
+        assert TrainConfig.from_dict({"dsm_eps": 0.01}).dsm_t_min == 0.01
+    with pytest.raises(ValueError, match=r"t_min must lie in the open interval"), pytest.warns(DeprecationWarning):
+        sde_sample(zero, ve, (2, 4), eps=0.0, progress=False)
