@@ -27,13 +27,13 @@ Symbols (as in schedule.py), one name per quantity:
 from __future__ import annotations
 
 import math
-import operator
 from typing import Callable, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .checks import check_sampling_inputs
 from .guidance import Denoiser
 from .schedule import SPACINGS, NoiseSchedule, PredictionType
 
@@ -264,7 +264,7 @@ def sample(model, schedule: NoiseSchedule, shape, sampler: str = "ddim", steps: 
     {"x": [x_T, x after each step], "x0_pred": [...], "timesteps": [...], "nfe": int}, tensors on the CPU.
     """
     shape, timesteps = _check_arguments(schedule, shape, sampler, steps, spacing, eta, variance, guidance_scale,
-                                        context, dynamic_threshold, prediction_type)
+                                        context, dynamic_threshold, prediction_type, x_T)
     check_sampler_options(sampler, eta, variance, add_noise)
     device, dtype = _device_and_dtype(model, device, dtype, x_T)
     x = _starting_noise(shape, x_T, generator, device, dtype)                # x_T ~ N(0, I)
@@ -314,11 +314,11 @@ def check_sampler_options(sampler: str, eta: float, variance: str, add_noise: bo
 
 
 def _check_arguments(schedule, shape, sampler, steps, spacing, eta, variance, guidance_scale, context,
-                     dynamic_threshold, prediction_type):
+                     dynamic_threshold, prediction_type, x_T=None):
     """Every check of sample()'s arguments, with errors that name the argument; returns (shape, timesteps)."""
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
-    shape = _check_shape(shape)
+    shape = check_sampling_inputs(shape, x_T, context, guidance_scale)
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")
     if steps is None:
@@ -329,16 +329,6 @@ def _check_arguments(schedule, shape, sampler, steps, spacing, eta, variance, gu
         raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
     if variance not in ("beta", "posterior"):
         raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}")
-    if guidance_scale is not None:
-        if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 0):
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
-        if context is None:
-            raise ValueError("guidance_scale needs a context (the condition to guide towards)")
-    if context is not None:
-        if context.ndim == 0 or context.shape[0] != shape[0]:
-            raise ValueError(f"context must have batch size {shape[0]} (shape [B, ...]), got {tuple(context.shape)}")
-        if context.is_floating_point() and not torch.isfinite(context).all():
-            raise ValueError("context must be finite: it holds NaN or inf")
     if dynamic_threshold is not None and not 0 < dynamic_threshold < 1:
         raise ValueError(f"dynamic_threshold must be a percentile in (0, 1), got {dynamic_threshold!r}")
     timesteps = schedule.timesteps(steps, spacing)
@@ -352,25 +342,12 @@ def _check_arguments(schedule, shape, sampler, steps, spacing, eta, variance, gu
 
 
 def _starting_noise(shape, x_T, generator, device, dtype) -> Tensor:
-    """x_T as given (checked), or N(0, I) drawn on the generator's device so a seed gives the same noise anywhere."""
+    """x_T as given (checked by check_sampling_inputs), or N(0, I) drawn on the generator's device so a seed
+    gives the same noise anywhere."""
     if x_T is None:
         return torch.randn(shape, generator=generator, dtype=dtype,
                            device=generator.device if generator is not None else device).to(device)
-    if tuple(x_T.shape) != shape:
-        raise ValueError(f"x_T must have shape {shape}, got {tuple(x_T.shape)}")
-    if not torch.isfinite(x_T).all():
-        raise ValueError("x_T must be finite: it holds NaN or inf")
     return x_T.to(device=device, dtype=dtype)
-
-
-def _check_shape(shape) -> tuple:
-    try:
-        shape = tuple(operator.index(s) for s in shape)                   # ints only: 2.5 or "2" is an error
-    except TypeError:
-        raise ValueError(f"shape must be a sequence of ints like (B, C, H, W), got {shape!r}") from None
-    if len(shape) < 2 or any(s < 1 for s in shape):
-        raise ValueError(f"shape must have at least 2 positive dimensions (B, ...), got {shape}")
-    return shape
 
 
 def _device_and_dtype(model, device, dtype, x_T):

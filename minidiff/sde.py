@@ -76,6 +76,11 @@ class SDE:
         f, g = self.sde(x, t)
         return f - 0.5 * g**2 * score                                # Eq. 13
 
+    def x0_from_score(self, x: Tensor, t: Time, score: Tensor) -> Tensor:
+        """E[x(0) | x(t) = x] from the score (Tweedie's formula): (x + std^2 score) / c, mean = c x(0)."""
+        c, std = self.marginal_prob(torch.ones_like(x), t)
+        return (x + std**2 * score) / c
+
     def langevin_alpha(self, t: Time, dt: float) -> Tensor:
         """The factor alpha_i in the Langevin corrector's step size, [B] (Algorithms 4-5): 1 for VE."""
         t = _check_time(t)

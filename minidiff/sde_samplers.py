@@ -6,18 +6,22 @@ that paper's equation n, symbols as in sde.py. Each sampler is a plain function 
     sampler(score, sde, x, ts, generator=None, callback=None, progress=False, **options) -> x
 
 where `score(x, t)` is the model behind guidance (GuidedScore), x starts at the prior and `ts` is the
-descending time grid from 1 to t_min. SDE_SAMPLERS maps the names `sde_sample` accepts to them.
+descending time grid from 1 to t_min. `callback(info)` is called after each step with a dict like the one
+`sample`'s callback gets: {"step", "t", "t_next", "x", "x0_pred"}, SDE time t where `sample` has the step
+index i; x is at time t_next after the step from t, and x0_pred = E[x(0) | x(t)] comes from the score at t
+(Tweedie's formula, SDE.x0_from_score). SDE_SAMPLERS maps the names `sde_sample` accepts to them.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .checks import check_sampling_inputs
 from .guidance import guided_output
 from .ode import heun, rk45
 from .sde import SDE, _batch_time, _check_int, _per_sample, _randn, check_t_min
@@ -43,12 +47,14 @@ def euler_maruyama(score, sde: SDE, x: Tensor, ts: Sequence[float], generator=No
     last = len(ts) - 2
     for k in tqdm(range(len(ts) - 1), desc="euler_maruyama", disable=not progress, leave=False):
         t, h = _batch_time(ts[k], x), ts[k] - ts[k + 1]
-        drift, g = sde.reverse(x, t, score(x, t))
-        x = x - drift * h                                                  # dt = -h: time runs backwards
+        s = score(x, t)
+        drift, g = sde.reverse(x, t, s)
+        x_next = x - drift * h                                             # dt = -h: time runs backwards
         if k < last:
-            x = x + g * math.sqrt(h) * _randn(x.shape, generator, x.device, x.dtype)
+            x_next = x_next + g * math.sqrt(h) * _randn(x.shape, generator, x.device, x.dtype)
         if callback is not None:
-            callback(ts[k + 1], x)
+            callback(_step_info(k, ts, x_next, sde.x0_from_score(x, t, s)))
+        x = x_next
     return x
 
 
@@ -70,28 +76,42 @@ def predictor_corrector(score, sde: SDE, x: Tensor, ts: Sequence[float], generat
             step = _per_sample(2 * sde.langevin_alpha(t, h) * (snr * ratio) ** 2, x)
             x = x + step * s + torch.sqrt(2 * step) * z
         f, G = sde.discretize(x, t, h)                                     # reverse-diffusion predictor
-        x = x - f + G**2 * score(x, t)
+        s = score(x, t)
+        x_next = x - f + G**2 * s
         if k < last:
-            x = x + G * _randn(x.shape, generator, x.device, x.dtype)
+            x_next = x_next + G * _randn(x.shape, generator, x.device, x.dtype)
         if callback is not None:
-            callback(ts[k + 1], x)
+            callback(_step_info(k, ts, x_next, sde.x0_from_score(x, t, s)))
+        x = x_next
     return x
 
 
 def probability_flow(score, sde: SDE, x: Tensor, ts: Sequence[float], generator=None, callback=None,
                      progress=False, ode_solver: str = "rk45", rtol: float = 1e-5, atol: float = 1e-5,
-                     **_) -> Tensor:
+                     with_x0_pred: bool = False, **_) -> Tensor:
     """Solve the probability-flow ODE (Eq. 13) from ts[0] to ts[-1]: adaptive RK45 (which ignores the
-    grid in between) or fixed-step Heun on the grid."""
+    grid in between) or fixed-step Heun on the grid. The callback's x0_pred is None unless with_x0_pred:
+    then it costs one more score call per step (the solvers' own calls are not at the step's start alone)."""
 
     def drift(t: float, y: Tensor) -> Tensor:
         t_batch = _batch_time(t, y)
         return sde.probability_flow(y, t_batch, score(y, t_batch))
 
+    start = {"k": 0, "t": ts[0], "x": x}                                   # the accepted step's starting point
+
+    def on_step(t_next: float, y: Tensor) -> None:
+        x0_pred = None
+        if with_x0_pred:
+            t_batch = _batch_time(start["t"], y)
+            x0_pred = sde.x0_from_score(start["x"], t_batch, score(start["x"], t_batch))
+        callback({"step": start["k"], "t": start["t"], "t_next": t_next, "x": y, "x0_pred": x0_pred})
+        start.update(k=start["k"] + 1, t=t_next, x=y)
+
+    step_callback = on_step if callback is not None else None
     if ode_solver == "rk45":
-        x, _ = rk45(drift, x, ts[0], ts[-1], rtol=rtol, atol=atol, callback=callback, progress=progress)
+        x, _ = rk45(drift, x, ts[0], ts[-1], rtol=rtol, atol=atol, callback=step_callback, progress=progress)
     else:
-        x, _ = heun(drift, x, ts, callback=callback, progress=progress)
+        x, _ = heun(drift, x, ts, callback=step_callback, progress=progress)
     return x
 
 
@@ -106,7 +126,8 @@ def sde_sample(score_model, sde: SDE, shape: Sequence[int], method: Method = "eu
                guidance_scale: Optional[float] = None, uncond_context: Optional[Tensor] = None,
                snr: float = 0.16, corrector_steps: int = 1, ode_solver: str = "rk45",
                rtol: float = 1e-5, atol: float = 1e-5, return_trajectory: bool = False,
-               return_info: bool = False, device=None, eps: Optional[float] = None):
+               return_info: bool = False, device=None, callback: Optional[Callable[[dict], None]] = None,
+               eps: Optional[float] = None):
     """Draw samples [B, ...] = shape by running `sde` backwards from its prior at t = 1 to t = t_min.
 
     method: "euler_maruyama" (steps steps), "pc" (steps predictor steps, each after `corrector_steps`
@@ -119,6 +140,8 @@ def sde_sample(score_model, sde: SDE, shape: Sequence[int], method: Method = "eu
     Returns x. With return_trajectory=True or return_info=True, returns (x, info), info a dict with
     "nfe" (score-model calls; a guided call of 2B counts once) and, for return_trajectory, "x" (CPU
     tensors: x at t = 1 and after every step, or every accepted RK45 step) and "t" (their times).
+    callback(info), as in `sample`, is called after every step with {"step", "t", "t_next", "x", "x0_pred"}
+    (see the module docstring); with method "ode" each x0_pred costs one more score call (counted in nfe).
     """
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be an SDE (VESDE, VPSDE, SubVPSDE), got {type(sde).__name__}")
@@ -131,20 +154,7 @@ def sde_sample(score_model, sde: SDE, shape: Sequence[int], method: Method = "eu
     t_min = check_t_min(t_min, eps, "sde_sample")
     if not snr > 0:
         raise ValueError(f"snr must be > 0, got {snr}")
-    shape = tuple(shape)
-    if len(shape) < 2 or not all(isinstance(n, int) and n >= 1 for n in shape):
-        raise ValueError(f"shape must be [B, ...] with at least two positive integer sizes, got {shape}")
-    if x_T is not None and tuple(x_T.shape) != shape:
-        raise ValueError(f"x_T must have shape {shape}, got {tuple(x_T.shape)}")
-    if x_T is not None and not torch.isfinite(x_T).all():
-        raise ValueError("x_T must be finite: it holds NaN or inf")
-    if context is not None and (context.ndim == 0 or context.shape[0] != shape[0]):
-        raise ValueError(f"context must have batch size {shape[0]}, got shape {tuple(context.shape)}")
-    if guidance_scale is not None:
-        if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 0):
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
-        if context is None:
-            raise ValueError("guidance_scale needs a context (the condition to guide towards)")
+    shape = check_sampling_inputs(shape, x_T, context, guidance_scale)
 
     device = device if device is not None else (x_T.device if x_T is not None else _model_device(score_model))
     x = x_T.to(device) if x_T is not None else sde.prior_sample(shape, generator, device)
@@ -152,9 +162,12 @@ def sde_sample(score_model, sde: SDE, shape: Sequence[int], method: Method = "eu
     score = GuidedScore(score_model, context, guidance_scale, uncond_context)
     info = {"nfe": 0, "x": [x.detach().cpu()], "t": [ts[0]]} if return_trajectory else {"nfe": 0}
 
-    def record(t: float, x_t: Tensor) -> None:
-        info["x"].append(x_t.detach().cpu())
-        info["t"].append(t)
+    def on_step(step: dict) -> None:
+        if return_trajectory:
+            info["x"].append(step["x"].detach().cpu())
+            info["t"].append(step["t_next"])
+        if callback is not None:
+            callback(step)
 
     was_training = getattr(score_model, "training", False)
     if was_training:
@@ -162,9 +175,9 @@ def sde_sample(score_model, sde: SDE, shape: Sequence[int], method: Method = "eu
     try:
         with torch.no_grad():
             x = SDE_SAMPLERS[method](score, sde, x, ts, generator=generator,
-                                     callback=record if return_trajectory else None, progress=progress,
-                                     snr=snr, corrector_steps=corrector_steps, ode_solver=ode_solver,
-                                     rtol=rtol, atol=atol)
+                                     callback=on_step if return_trajectory or callback else None,
+                                     progress=progress, snr=snr, corrector_steps=corrector_steps,
+                                     ode_solver=ode_solver, rtol=rtol, atol=atol, with_x0_pred=callback is not None)
     finally:
         if was_training:
             score_model.train()
@@ -176,6 +189,9 @@ def sde_sample(score_model, sde: SDE, shape: Sequence[int], method: Method = "eu
 
 
 # ==================================================================== helpers
+def _step_info(k: int, ts: Sequence[float], x: Tensor, x0_pred: Tensor) -> dict:
+    return {"step": k, "t": ts[k], "t_next": ts[k + 1], "x": x, "x0_pred": x0_pred}
+
 
 
 def _model_device(model) -> torch.device:

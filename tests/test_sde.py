@@ -553,3 +553,27 @@ def test_old_eps_keyword_still_works_with_a_deprecation_warning():
         assert TrainConfig.from_dict({"dsm_eps": 0.01}).dsm_t_min == 0.01
     with pytest.raises(ValueError, match=r"t_min must lie in the open interval"), pytest.warns(DeprecationWarning):
         sde_sample(zero, ve, (2, 4), eps=0.0, progress=False)
+
+
+@pytest.mark.parametrize("method, options, calls_per_step", [("euler_maruyama", {}, 1), ("pc", {}, 2),
+                                                             ("ode", {"ode_solver": "heun"}, 3)])
+def test_sde_sample_callback_gets_each_step_like_sample(method, options, calls_per_step):
+    """callback(info) after every step: step numbers in order, times from 1 down to t_min, x the running
+    sample, x0_pred Tweedie's E[x(0) | x(t)] from the score at t (for the exact score: the exact posterior mean)."""
+    ve = VESDE(25.0)
+    exact, steps, seen = ExactScore(GAUSS, ve), 6, []
+    x, info = sde_sample(exact, ve, (5, 4), method=method, steps=steps, generator=torch.Generator().manual_seed(0),
+                         progress=False, callback=seen.append, return_trajectory=True, **options)
+    assert [d["step"] for d in seen] == list(range(steps))
+    assert set(seen[0]) == {"step", "t", "t_next", "x", "x0_pred"}
+    assert seen[0]["t"] == 1.0 and seen[-1]["t_next"] == pytest.approx(1e-3)
+    assert all(a["t_next"] == b["t"] for a, b in zip(seen, seen[1:]))
+    assert torch.equal(seen[-1]["x"], x) and all(torch.equal(d["x"], t) for d, t in zip(seen, info["x"][1:]))
+    assert len(info["x"]) == steps + 1 and info["nfe"] == calls_per_step * steps
+    if method == "pc":
+        return                                                             # x0_pred is at x after the corrector
+    before = info["x"][2]                                                  # x at t = seen[2]["t"]
+    t = torch.full((5,), seen[2]["t"], dtype=torch.float64)
+    c, std = ve.marginal_prob(torch.ones(5, dtype=torch.float64), t)
+    torch.testing.assert_close(seen[2]["x0_pred"].double(), GAUSS.denoise(before.double(), c, std.flatten()),
+                               rtol=1e-4, atol=1e-4)                        # float32 sampling, float64 oracle
