@@ -101,12 +101,123 @@ def _cpu(obj):
 
 # ---------------------------------------------------------------------------------- reading
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict:
-    """Read a checkpoint with ``torch.load(weights_only=True)`` only (see safe_torch_load). Errors name the path."""
+    """Read a checkpoint with ``torch.load(weights_only=True)`` only (see safe_torch_load), then check its
+    structure (``validate_checkpoint``). Errors name the path, and the entry at fault."""
     checkpoint = safe_torch_load(path, map_location, what="checkpoint")
     if not isinstance(checkpoint, dict) or "minidiff_version" not in checkpoint or "model" not in checkpoint:
         raise CheckpointError(f"{path} is a torch file but not a minidiff checkpoint "
                               f"(no 'minidiff_version' / 'model' entries)")
+    validate_checkpoint(checkpoint, os.fspath(path))
     return checkpoint
+
+
+def validate_checkpoint(checkpoint: dict, path: str = "checkpoint", training: bool = False) -> None:
+    """CheckpointError naming `path` and the entry when a loadable file holds the wrong kinds of values.
+
+    Every entry that is present must have the type make_checkpoint writes; "minidiff_version", "model"
+    and "state_dict" must be present (and, with `training`, also "step" and "rng", which resuming needs).
+    The schedule or SDE is rebuilt, so a bad table fails here too, not deep inside a sampler.
+    """
+    def fail(entry: str, expected: str, value: Any = None, got: bool = True):
+        shown = f", got {_describe(value)}" if got else ""
+        raise CheckpointError(f"{path}: damaged checkpoint: {entry!r} must be {expected}{shown}")
+
+    required = ("minidiff_version", "model", "state_dict") + (("step", "rng") if training else ())
+    for key in required:
+        if key not in checkpoint:
+            fail(key, "present", got=False)
+    if not isinstance(checkpoint["minidiff_version"], str):
+        fail("minidiff_version", "a string", checkpoint["minidiff_version"])
+    spec = checkpoint["model"]
+    if not isinstance(spec, dict) or not isinstance(spec.get("class"), str):
+        fail("model", '{"class": name, "kwargs": {...}}', spec)
+    if spec.get("kwargs") is not None and not isinstance(spec["kwargs"], dict):
+        fail("model.kwargs", "a dict of constructor arguments or None", spec["kwargs"])
+    _check_weights(checkpoint["state_dict"], "state_dict", fail)
+    if checkpoint.get("ema_state_dict") is not None:
+        _check_weights(checkpoint["ema_state_dict"], "ema_state_dict", fail)
+        if set(checkpoint["ema_state_dict"]) != set(checkpoint["state_dict"]):
+            fail("ema_state_dict", "the same parameter names as 'state_dict'", got=False)
+    optimizer = checkpoint.get("optimizer")
+    if optimizer is not None and not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
+                                      and isinstance(optimizer.get("param_groups"), list)
+                                      and all(isinstance(g, dict) for g in optimizer["param_groups"])):
+        fail("optimizer", 'an optimizer state_dict {"state": {...}, "param_groups": [...]} or None', optimizer)
+    for key, kind in (("grad_scaler", dict), ("train_config", dict), ("data", dict)):
+        if checkpoint.get(key) is not None and not isinstance(checkpoint[key], kind):
+            fail(key, "a dict or None", checkpoint[key])
+    if "step" in checkpoint and not _is_int(checkpoint["step"], minimum=0):
+        fail("step", "an integer >= 0", checkpoint["step"])
+    data = checkpoint.get("data") or {}
+    for key in ("epoch", "batch_in_epoch"):
+        if key in data and not _is_int(data[key], minimum=0):
+            fail(f"data.{key}", "an integer >= 0", data[key])
+    history = data.get("history", [])
+    if not isinstance(history, list) or not all(
+            isinstance(row, (list, tuple)) and len(row) == 3 and all(_is_number(v) for v in row) for row in history):
+        fail("data.history", "a list of [step, loss, lr] rows of numbers", history)
+    names = checkpoint.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        fail("class_names", "a list of strings or None", names)
+    if "rng" in checkpoint:
+        _check_rng(checkpoint["rng"], fail)
+    for key in ("schedule", "sde"):
+        if checkpoint.get(key) is not None:
+            if not isinstance(checkpoint[key], dict):
+                fail(key, "a dict or None", checkpoint[key])
+            try:
+                schedule_or_sde_from_checkpoint({key: checkpoint[key]})
+            except (ValueError, TypeError, KeyError, RuntimeError, OverflowError) as error:
+                message = " ".join(str(error).split())[:200]
+                raise CheckpointError(f"{path}: damaged checkpoint: bad {key!r} entry: "
+                                      f"{'missing ' if isinstance(error, KeyError) else ''}{message}") from None
+
+
+def _check_weights(weights: Any, entry: str, fail) -> None:
+    if not isinstance(weights, dict) or not weights:
+        fail(entry, "a non-empty dict of parameter name -> tensor", weights)
+    for name, value in weights.items():
+        if not isinstance(name, str) or not torch.is_tensor(value):
+            fail(f"{entry}[{name!r}]", "a tensor", value)
+
+
+def _check_rng(rng: Any, fail) -> None:
+    """The structure rng_state.get_rng_state writes."""
+    if not isinstance(rng, dict):
+        fail("rng", "a dict of random generator states", rng)
+    state = rng.get("torch")
+    if not (torch.is_tensor(state) and state.dtype == torch.uint8 and state.ndim == 1 and state.numel() > 0):
+        fail("rng.torch", "a non-empty uint8 tensor (torch.get_rng_state())", state)
+    cuda = rng.get("cuda", [])
+    if not (isinstance(cuda, list) and all(torch.is_tensor(s) and s.dtype == torch.uint8 for s in cuda)):
+        fail("rng.cuda", "a list of uint8 tensors", cuda)
+    numpy_state = rng.get("numpy")
+    if not (isinstance(numpy_state, dict) and torch.is_tensor(numpy_state.get("key"))
+            and tuple(numpy_state["key"].shape) == (624,) and not numpy_state["key"].is_floating_point()
+            and _is_int(numpy_state.get("pos"), minimum=0) and numpy_state["pos"] <= 624
+            and _is_int(numpy_state.get("has_gauss"), minimum=0) and _is_number(numpy_state.get("cached_gaussian"))):
+        fail("rng.numpy", '{"key": 624 integers, "pos": 0..624, "has_gauss": int, "cached_gaussian": float}',
+             numpy_state)
+    python = rng.get("python")
+    if not (isinstance(python, dict) and _is_int(python.get("version"))
+            and isinstance(python.get("internal"), (list, tuple)) and len(python["internal"]) == 625
+            and all(_is_int(v, minimum=0) for v in python["internal"])
+            and (python.get("gauss_next") is None or _is_number(python["gauss_next"]))):
+        fail("rng.python", '{"version": int, "internal": 625 integers, "gauss_next": float or None}', python)
+
+
+def _is_int(value: Any, minimum: Optional[int] = None) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _describe(value: Any) -> str:
+    """A short description of a bad value for an error line: its type, and its start when short."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
 
 
 def model_from_checkpoint(checkpoint: dict, ema: bool = True, device: Union[str, torch.device] = "cpu",
@@ -116,14 +227,30 @@ def model_from_checkpoint(checkpoint: dict, ema: bool = True, device: Union[str,
     if spec.get("kwargs") is None:
         raise CheckpointError(f"{path} does not record how to build its {spec.get('class')} model; pass "
                               f"model_kwargs= when saving, or build the model yourself and load 'state_dict'")
-    model = build_model(spec["class"], classes, **decode_kwargs(spec["kwargs"]))
+    try:
+        model = build_model(spec["class"], classes, **decode_kwargs(spec["kwargs"]))
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    except (TypeError, ValueError, RuntimeError, KeyError, OverflowError) as error:
+        message = " ".join(str(error).split())[:200]
+        raise CheckpointError(f"{path}: damaged checkpoint: 'model.kwargs' cannot build a {spec['class']}: "
+                              f"{message}") from None
     weights = checkpoint["ema_state_dict"] if ema and checkpoint.get("ema_state_dict") is not None \
         else checkpoint["state_dict"]
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
-        raise CheckpointError(f"{path}: the weights do not fit a {spec['class']}({spec['kwargs']}): {error}") from None
+        raise CheckpointError(f"{path}: the weights do not fit a {spec['class']}({spec['kwargs']}): "
+                              f"{weights_mismatch(error)}") from None
     return model.to(device).eval()
+
+
+def weights_mismatch(error: Exception) -> str:
+    """The first line of load_state_dict's error, shortened: the full list can run to many kilobytes."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
+    more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+    return (detail[:300] + "...") if len(detail) > 300 else detail + more
 
 
 def load_model(path: PathLike, ema: bool = True, device: Union[str, torch.device] = "cpu",

@@ -12,9 +12,11 @@ stderr saying what is wrong; a failure while running (NaN loss, disk full) with 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
+import signal
 import sys
 from typing import List, Optional
 
@@ -108,15 +110,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         args = build_parser().parse_args(argv)
         command, run = args.command, lambda: (cmd_train if args.command == "train" else cmd_sample)(args)
+    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         return run()
-    except KeyboardInterrupt:
-        print(f"minidiff {command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:            # Ctrl-C: 130, SIGTERM: 143 (128 + the signal's number)
+        signum = getattr(error, "signum", signal.SIGINT)
+        print(f"minidiff {command}: {str(error) or 'interrupted'}", file=sys.stderr)
+        return 128 + int(signum)
     except USER_ERRORS as error:
         return _fail(command, error, 2)
     except RUN_ERRORS as error:
         return _fail(command, error, 1)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame):
+    """SIGTERM outside training (which saves first; see Trainer.train) ends the command like Ctrl-C."""
+    from .train import Interrupted
+    raise Interrupted(signum, "interrupted by SIGTERM")
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
 
 
 def _fail(command: str, error: BaseException, code: int) -> int:
@@ -130,6 +148,7 @@ def _fail(command: str, error: BaseException, code: int) -> int:
 # -------------------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
     from . import distributed
+    from .file_io import atomic_write_text, run_folder_lock
     from .presets import build_run, resolve
     from .train import Trainer
 
@@ -142,11 +161,16 @@ def cmd_train(args) -> int:
         if args.no_progress:
             built.config.progress = False
         trainer = Trainer(built.model, built.dataset, built.config, schedule=built.schedule, sde=built.sde)
-        if info.is_main:
-            os.makedirs(out_dir, exist_ok=True)
-            with open(os.path.join(out_dir, "config.json"), "w") as f:
-                json.dump({k: v for k, v in run.items() if k != "description"}, f, indent=2)
-        trainer.fit(resume=args.resume)
+        with run_folder_lock(out_dir) if info.is_main else contextlib.nullcontext():
+            # before anything is written: a resumed run must be the same run, its checkpoint readable
+            checkpoint = trainer.resume_checkpoint() if args.resume else None
+            trainer._check_checkpoint_path()
+            if checkpoint is not None:
+                trainer.load_state(checkpoint)
+            if info.is_main:
+                config = {k: v for k, v in run.items() if k != "description"}
+                atomic_write_text(json.dumps(config, indent=2), os.path.join(out_dir, "config.json"))
+            trainer.fit()
         if info.is_main:
             print(f"trained {trainer.step} steps; checkpoint {trainer.checkpoint_path()}")
     finally:
@@ -279,24 +303,28 @@ def _sample_text_to_image(args, device) -> int:
 def _write_images(x, args) -> None:
     """--out-dir: image k as DIR/seed<S>_<k>.png (native size), and DIR/index.csv saying how each was made."""
     import csv
+    import io
 
     from PIL import Image
 
     from . import imaging
+    from .file_io import atomic_write_text
     os.makedirs(args.out_dir, exist_ok=True)
     pixels = imaging.to_uint8(x)                                       # [N, H, W, 3] uint8
     gray = x.shape[1] == 1
     rows = []
     for k in range(len(pixels)):
         name = f"seed{args.seed}_{k:04d}.png"
-        Image.fromarray(pixels[k, :, :, 0] if gray else pixels[k]).save(os.path.join(args.out_dir, name))
+        picture = Image.fromarray(pixels[k, :, :, 0] if gray else pixels[k])
+        imaging.save_picture(picture, os.path.join(args.out_dir, name))
         guidance = args.guidance if args.guidance is not None else ""
         rows.append([name, k, args.seed, args.n, args.context or args.prompt or "", args.checkpoint,
                      args.sampler or "default", args.steps or "default", guidance])
-    with open(os.path.join(args.out_dir, "index.csv"), "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "image", "seed", "n", "context", "checkpoint", "sampler", "steps", "guidance"])
-        writer.writerows(rows)
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["file", "image", "seed", "n", "context", "checkpoint", "sampler", "steps", "guidance"])
+    writer.writerows(rows)
+    atomic_write_text(text.getvalue(), os.path.join(args.out_dir, "index.csv"))
     print(f"wrote {len(rows)} images and index.csv to {args.out_dir} (image k of --n {args.n} --seed {args.seed})")
 
 

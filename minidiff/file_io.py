@@ -9,6 +9,7 @@ a file that needs arbitrary unpickling (which could run code) is refused.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import pickle
@@ -30,27 +31,56 @@ class CheckpointError(ValueError):
 def atomic_write(path: PathLike, write: Callable[[Any], None], binary: bool = True) -> None:
     """Call write(file) on a temporary file beside `path`, flush + fsync, rename over `path`, fsync the folder.
 
-    Readers see either the old file or the complete new one, never a half-written one.
+    Readers see either the old file or the complete new one, never a half-written one. A failed write
+    raises OSError naming `path` ("no space left on <path>" for a full disk), even where the writer
+    (torch.save's zip writer) turns the disk's error into a RuntimeError of its own.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    file = None
     try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as raw:
+            file = _RecordingFile(raw)
+            write(file)
+            raw.flush()
+            os.fsync(raw.fileno())
         os.chmod(tmp, 0o666 & ~_umask())         # mkstemp makes 0600; a shared file must stay readable
         os.replace(tmp, path)
     except BaseException as error:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(error, OSError):
-            raise OSError(error.errno, f"could not write {path} ({error.strerror or error}); "
-                                       f"the previous file, if any, is untouched") from error
+        cause = error if isinstance(error, OSError) else getattr(file, "error", None)
+        if cause is not None:
+            raise write_error(path, cause) from error
         raise
     _fsync_folder(folder)
+
+
+def write_error(path: PathLike, error: OSError, what: str = "the previous file, if any, is untouched") -> OSError:
+    """An OSError naming `path`: "no space left on <path>" for a full disk, else "could not write <path>"."""
+    path = os.fspath(path)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OSError(error.errno, f"no space left on {path} (the disk or quota is full); {what}")
+    return OSError(error.errno, f"could not write {path} ({error.strerror or error}); {what}")
+
+
+class _RecordingFile:
+    """A file object that remembers the first OSError its write() raised (torch.save hides it)."""
+
+    def __init__(self, file):
+        self._file, self.error = file, None
+
+    def write(self, data):
+        try:
+            return self._file.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
@@ -100,8 +130,7 @@ def atomic_folder(folder: PathLike) -> Iterator[str]:
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(error, OSError):
-            raise OSError(error.errno, f"could not save {folder} ({error.strerror or error}); "
-                                       f"the previous save, if any, is untouched") from error
+            raise write_error(folder, error, "the previous save, if any, is untouched") from error
         raise
     old = None
     if os.path.isdir(folder):
@@ -111,6 +140,57 @@ def atomic_folder(folder: PathLike) -> Iterator[str]:
     _fsync_folder(parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+class RunFolderBusy(ValueError):
+    """Another process holds the lock on a run folder (one folder, one trainer)."""
+
+
+LOCK_NAME = ".minidiff.lock"
+_held_locks: Dict[str, list] = {}                        # folder -> [file descriptor, depth], this process's
+
+
+@contextlib.contextmanager
+def run_folder_lock(folder: PathLike) -> Iterator[str]:
+    """Hold an exclusive lock on the run folder `folder` while the block runs: one folder, one trainer.
+
+    The lock is ``fcntl.flock`` on ``folder/.minidiff.lock`` (which records the holder's pid); the
+    kernel releases it when the process ends, however it ends, so a crash never leaves a stale lock.
+    Re-entrant within one process. RunFolderBusy (a ValueError) when another process holds it; a no-op
+    where fcntl does not exist (Windows).
+    """
+    try:
+        import fcntl
+    except ImportError:                                   # pragma: no cover (Windows)
+        yield os.fspath(folder)
+        return
+    folder = os.path.abspath(os.fspath(folder))
+    if folder in _held_locks:
+        _held_locks[folder][1] += 1
+    else:
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise NotADirectoryError(f"the run folder {folder} is a file, not a folder")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, LOCK_NAME)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunFolderBusy(f"another trainer{f' (pid {holder})' if holder.isdigit() else ''} is using "
+                                    f"{folder}; wait for it to finish or choose another output folder") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _held_locks[folder] = [fd, 1]
+    try:
+        yield folder
+    finally:
+        _held_locks[folder][1] -= 1
+        if _held_locks[folder][1] == 0:
+            os.close(_held_locks.pop(folder)[0])      # closing the descriptor releases the flock
 
 
 def _umask() -> int:

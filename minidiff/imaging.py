@@ -18,6 +18,8 @@ import torch
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 from torch import Tensor
 
+from .file_io import atomic_write
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -57,10 +59,15 @@ def grid_image(images: Tensor, nrow: Optional[int] = None, scale: int = 4, paddi
     return image
 
 
-def _prepare(path: PathLike) -> str:
+def save_picture(image: Image.Image, path: PathLike, **options) -> None:
+    """image.save(path, **options) atomically (file_io.atomic_write): a full disk or a crash never leaves a
+    truncated picture, and a failed write raises OSError naming `path` ("no space left on ...")."""
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return path
+    extension = os.path.splitext(path)[1].lower()
+    image_format = Image.registered_extensions().get(extension)
+    if image_format is None:
+        raise ValueError(f"cannot tell the picture format of {path!r} from its extension (use .png, .gif, ...)")
+    atomic_write(path, lambda f: image.save(f, format=image_format, **options))
 
 
 # ---------------------------------------------------------------------------------- files
@@ -68,7 +75,7 @@ def save_image_grid(images: Tensor, path: PathLike, nrow: Optional[int] = None, 
                     padding: int = 1) -> Image.Image:
     """Write [N, C, H, W] images in [-1, 1] as one PNG grid."""
     image = grid_image(images, nrow, scale, padding)
-    image.save(_prepare(path))
+    save_picture(image, path)
     return image
 
 
@@ -84,7 +91,7 @@ def save_trajectory_gif(frames: Sequence[Tensor], path: PathLike, nrow: Optional
     keep = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), max_frames)).round().astype(int))
     images = [grid_image(frames[k], nrow, scale) for k in keep]
     durations = [duration_ms] * (len(images) - 1) + [max(duration_ms, hold_last_ms)]
-    images[0].save(_prepare(path), save_all=True, append_images=images[1:], duration=durations, loop=0,
+    save_picture(images[0], path, save_all=True, append_images=images[1:], duration=durations, loop=0,
                    optimize=False)
     return images[0]
 
@@ -118,7 +125,7 @@ def save_class_grid(images: Tensor, labels: Sequence[str], path: PathLike, scale
     row_height = grid.height / k
     for r, label in enumerate(labels):
         draw.text((4, int((r + 0.5) * row_height) - 6), str(label), fill="black", font=font)
-    canvas.save(_prepare(path))
+    save_picture(canvas, path)
     return canvas
 
 
@@ -219,7 +226,7 @@ def line_plot(series: Sequence[Series], path: Optional[PathLike] = None, *, titl
              for (u0, v0), (u1, v1) in zip(ps, ps[1:]) for f in np.linspace(0, 1, 12)]
     _legend(draw, labels, notes, legend, box, size[0], font, font_size, [p for ps in pixels for p in ps] + along)
     if path is not None:
-        image.save(_prepare(path))
+        save_picture(image, path)
     return image
 
 
@@ -336,7 +343,7 @@ def tile(images: Sequence[Image.Image], columns: Optional[int] = None, path: Opt
         r, c = divmod(k, columns)
         canvas.paste(im, (sum(widths[:c]) + gap * c, sum(heights[:r]) + gap * r))
     if path is not None:
-        canvas.save(_prepare(path))
+        save_picture(canvas, path)
     return canvas
 
 

@@ -26,6 +26,8 @@ import csv
 import math
 import os
 import re
+import signal
+import threading
 import time
 import warnings
 from typing import Callable, Optional
@@ -38,7 +40,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed, imaging
-from .file_io import CheckpointError
+from .file_io import CheckpointError, atomic_write_text, run_folder_lock, write_error
 from .losses import diffusion_loss
 from .model_table import model_spec
 from .rng_state import set_rng_state
@@ -46,6 +48,41 @@ from .schedule import NoiseSchedule
 from .train_config import DECAYS, MIXED_PRECISIONS, OBJECTIVES, TrainConfig, lr_at, native_bf16, resolve_precision  # noqa: F401 (re-exported)
 
 CHECKPOINT_NAME = "checkpoint.pt"
+LOSS_CSV_HEADER = ["step", "epoch", "loss", "lr", "images_per_s"]
+# What makes two runs the same run: resuming with a different value is refused (see check_same_run).
+SAME_RUN_SETTINGS = ("batch_size", "seed", "objective", "prediction_type", "loss_weighting")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by a signal (SIGINT: Ctrl-C, or SIGTERM) after saving; `signum` says which."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+class _DeferredSignals:
+    """While active (main thread only), SIGINT and SIGTERM only set `signum`; the training loop stops at
+    the end of the step, with consistent weights to save. A second signal stops at once (no save)."""
+
+    def __init__(self):
+        self.signum, self._previous = None, {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise Interrupted(signum, f"interrupted twice (second: {signal.Signals(signum).name}); "
+                                      f"the last checkpoint written stands")
+        self.signum = signum
+
+    def __enter__(self) -> "_DeferredSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 class EMA:
@@ -264,23 +301,41 @@ class Trainer:
                 yield batch
 
     def fit(self, resume: bool = False) -> "Trainer":
-        """Train until the configured end; with resume, first continue from out_dir/checkpoint.pt if it exists."""
-        path = self.checkpoint_path()
-        if resume and path is not None and os.path.isfile(path):
-            self.load_state(ckpt.load_checkpoint(path))
+        """Train until the configured end; with resume, first continue from out_dir/checkpoint.pt if it exists
+        (after checking that it is this run's: see ``resume_checkpoint``)."""
+        checkpoint = self.resume_checkpoint() if resume else None
+        if checkpoint is not None:
+            self.load_state(checkpoint)
         return self.train(max(0, self.total_steps - self.step))
 
     def train(self, steps: int) -> "Trainer":
-        """Take `steps` more optimiser steps, logging, sampling and checkpointing as configured."""
+        """Take `steps` more optimiser steps, logging, sampling and checkpointing as configured.
+
+        While it runs, the process holds the lock on out_dir (one folder, one trainer), and SIGINT
+        (Ctrl-C) or SIGTERM end the current step, write a checkpoint, then raise ``Interrupted``.
+        """
+        import contextlib
         c, main = self.config, self.dist.is_main
-        end = self.step + steps
-        batches = self._batches()
-        bar = tqdm(total=end, initial=self.step, desc="train", disable=not (c.progress and main), dynamic_ncols=True)
-        window, window_start = [], time.perf_counter()
-        self.model.train()
-        try:
+        end, start = self.step + steps, self.step
+        with contextlib.ExitStack() as stack:
+            if c.out_dir is not None and main:
+                stack.enter_context(run_folder_lock(c.out_dir))
+                self._check_checkpoint_path()
+                self._trim_loss_csv()
+            signals = stack.enter_context(_DeferredSignals())
+            batches = self._batches()
+            bar = tqdm(total=end, initial=self.step, desc="train", disable=not (c.progress and main),
+                       dynamic_ncols=True)
+            stack.callback(bar.close)
+            window, window_start = [], time.perf_counter()
+            self.model.train()
             while self.step < end:
-                loss, lr = self.train_step(next(batches))
+                try:
+                    loss, lr = self.train_step(next(batches))
+                except RuntimeError as error:                 # DDP's gradient all-reduce in backward
+                    if self.dist.enabled and distributed.is_collective_failure(error):
+                        raise distributed.lost_contact(error) from None
+                    raise
                 window.append(loss)
                 seconds = time.perf_counter() - window_start
                 images_per_s = len(window) * c.batch_size / max(seconds, 1e-9)
@@ -289,17 +344,63 @@ class Trainer:
                 if self.step % c.log_every == 0 or self.step == end:
                     self._log(float(np.mean(window)), lr, images_per_s)
                     window, window_start = [], time.perf_counter()
+                if self._stop_requested(signals):
+                    self._save_and_stop(signals.signum, saved=self.step > start)
                 if c.sample_every and self.step % c.sample_every == 0 and self.step != end:
                     self.sample_grid()
                 if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.step != end:
                     self.save()
-        finally:
-            bar.close()
-        if c.out_dir is not None and steps > 0:
-            self.save()
-            if c.sample_every:
-                self.sample_grid()
+            if c.out_dir is not None and steps > 0:
+                self.save()
+                if signals.signum is not None:                 # this process only: no collective here
+                    self._save_and_stop(signals.signum, saved=False, finished=True)
+                if c.sample_every:
+                    self.sample_grid()
         return self
+
+    def _stop_requested(self, signals: "_DeferredSignals") -> bool:
+        """Whether SIGINT/SIGTERM reached any process (all of them agree, so they stop at the same step)."""
+        flag = signals.signum if signals.signum is not None else 0
+        if self.dist.enabled:
+            flag = distributed.max_over_ranks(flag, self.device)
+            signals.signum = signals.signum or (flag or None)
+        return bool(flag)
+
+    def _save_and_stop(self, signum: int, saved: bool, finished: bool = False) -> None:
+        """Write a checkpoint of the finished steps (when there are new ones), then raise Interrupted."""
+        import signal as signal_module
+        name = signal_module.Signals(signum).name
+        path = self.checkpoint_path()
+        if path is not None and (saved or finished):
+            if saved:
+                self.save()
+            what = f"saved {path} at step {self.step}; continue with --resume (Trainer.fit(resume=True))"
+        elif path is not None:
+            what = f"no step finished since the start; {path} is unchanged"
+        else:
+            what = "nothing saved (TrainConfig.out_dir is None)"
+        raise Interrupted(signum, f"interrupted by {name} at step {self.step}; {what}")
+
+    def _check_checkpoint_path(self) -> None:
+        """Refuse up front a checkpoint path that a save could never write (a folder in its place)."""
+        path = self.checkpoint_path()
+        if path is not None and os.path.lexists(path) and not os.path.isfile(path):
+            raise IsADirectoryError(f"{path} exists but is not a file, so no checkpoint could be saved there; "
+                                    f"remove it or choose another output folder")
+
+    def _trim_loss_csv(self) -> None:
+        """Keep only loss.csv rows up to the step training stands at: a resumed (or restarted) run never
+        repeats a step's row. Unreadable rows (a write cut short) go too."""
+        path = os.path.join(self.config.out_dir, "loss.csv")
+        if not os.path.isfile(path):
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        keep = [row for row in rows[1:] if len(row) == len(LOSS_CSV_HEADER) and row[0].isdigit()
+                and int(row[0]) <= self.step]
+        if rows[:1] != [LOSS_CSV_HEADER] or len(keep) != len(rows) - 1:
+            lines = [LOSS_CSV_HEADER] + keep
+            atomic_write_text("".join(",".join(row) + "\n" for row in lines), path)
 
     def _log(self, loss: float, lr: float, images_per_s: float) -> None:
         self.history.append([self.step, loss, lr])
@@ -315,11 +416,14 @@ class Trainer:
         os.makedirs(self.config.out_dir, exist_ok=True)
         path = os.path.join(self.config.out_dir, "loss.csv")
         new = not os.path.isfile(path)
-        with open(path, "a", newline="") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(["step", "epoch", "loss", "lr", "images_per_s"])
-            writer.writerow([self.step, self.epoch, f"{loss:.6g}", f"{lr:.6g}", f"{images_per_s:.1f}"])
+        try:
+            with open(path, "a", newline="") as f:
+                writer = csv.writer(f)
+                if new:
+                    writer.writerow(LOSS_CSV_HEADER)
+                writer.writerow([self.step, self.epoch, f"{loss:.6g}", f"{lr:.6g}", f"{images_per_s:.1f}"])
+        except OSError as error:
+            raise write_error(path, error, "the rows written before are kept") from None
         steps, losses = [row[0] for row in self.history], [row[1] for row in self.history]
         imaging.save_loss_curve(steps, losses, os.path.join(self.config.out_dir, "loss.png"))
 
@@ -379,9 +483,7 @@ class Trainer:
 
         Also what the data was (``data["source"]``: its class, and its folder when it has one), so
         that ``minidiff eval`` never measures the model against other data, and the class names."""
-        source = {"class": type(self.dataset).__name__}
-        if isinstance(getattr(self.dataset, "root", None), str):
-            source["root"] = os.path.abspath(self.dataset.root)
+        source = self._data_source()
         return ckpt.make_checkpoint(
             self.model, model_kwargs=self.model_spec["kwargs"], schedule=self.schedule, sde=self.sde,
             ema_model=self.ema.model, optimizer=self.optimizer, grad_scaler=self.scaler, step=self.step,
@@ -411,17 +513,80 @@ class Trainer:
         for name in milestones[:-self.config.keep_last]:
             os.remove(os.path.join(folder, name))
 
+    def resume_checkpoint(self) -> Optional[dict]:
+        """out_dir/checkpoint.pt, validated and checked to belong to this run (``check_same_run``), or None
+        when there is none yet. Nothing is written: call it before touching the run folder."""
+        path = self.checkpoint_path()
+        if path is None or not os.path.lexists(path):
+            return None
+        self._check_checkpoint_path()
+        checkpoint = ckpt.load_checkpoint(path)
+        ckpt.validate_checkpoint(checkpoint, path, training=True)
+        self.check_same_run(checkpoint, path)
+        return checkpoint
+
+    def check_same_run(self, checkpoint: dict, path: str = "the checkpoint") -> None:
+        """ValueError naming the first difference between this run and the one that wrote `checkpoint`:
+        the model (class and constructor arguments), the schedule or SDE, the data, and the settings that
+        decide what a step computes (SAME_RUN_SETTINGS: the batch size, the seed, the objective...)."""
+        def refuse(what, theirs, ours):
+            raise ValueError(f"cannot resume from {path}: it was trained with {what} {theirs}, this run has "
+                             f"{ours}; resume with the same settings, or choose another output folder")
+
+        spec, theirs = self.model_spec, checkpoint["model"]
+        if theirs["class"] != spec["class"]:
+            refuse("model", theirs["class"], spec["class"])
+        if theirs.get("kwargs") is not None and spec["kwargs"] is not None:
+            for key in sorted(set(theirs["kwargs"]) | set(spec["kwargs"])):
+                if theirs["kwargs"].get(key) != spec["kwargs"].get(key):
+                    refuse(f"model {key} =", theirs["kwargs"].get(key), spec["kwargs"].get(key))
+        schedule = self.schedule.to_config() if self.schedule is not None else None
+        if (checkpoint.get("schedule") is None) != (schedule is None):
+            refuse("a", "schedule" if schedule is None else "SDE", "an SDE" if schedule is None else "a schedule")
+        if schedule is not None:
+            their_betas, our_betas = checkpoint["schedule"]["betas"], schedule["betas"]
+            if len(their_betas) != len(our_betas):
+                refuse("schedule T =", len(their_betas), f"T = {len(our_betas)}")
+            if not torch.allclose(torch.tensor(their_betas, dtype=torch.float64),
+                                  torch.tensor(our_betas, dtype=torch.float64), rtol=1e-6, atol=0):
+                refuse("a schedule of other betas", f"(beta_1 = {their_betas[0]:g}, beta_T = {their_betas[-1]:g})",
+                       f"beta_1 = {our_betas[0]:g}, beta_T = {our_betas[-1]:g}")
+        if self.sde is not None and checkpoint.get("sde") != self.sde.to_config():
+            refuse("SDE", checkpoint.get("sde"), self.sde.to_config())
+        their_config, ours = checkpoint.get("train_config") or {}, self.config.to_dict()
+        for key in SAME_RUN_SETTINGS:
+            if key in their_config and their_config[key] != ours.get(key):
+                refuse(f"{key} =", their_config[key], ours.get(key))
+        their_source, our_source = (checkpoint.get("data") or {}).get("source") or {}, self._data_source()
+        for key in ("class", "root", "size"):
+            if key in their_source and their_source[key] != our_source.get(key):
+                refuse(f"data {key} =", their_source[key], our_source.get(key))
+
+    def _data_source(self) -> dict:
+        """What the data is: the dataset's class, its folder when it has one, its number of items."""
+        source = {"class": type(self.dataset).__name__, "size": len(self.dataset)}
+        if isinstance(getattr(self.dataset, "root", None), str):
+            source["root"] = os.path.abspath(self.dataset.root)
+        return source
+
     def load_state(self, checkpoint: dict) -> None:
         """Continue from a checkpoint dict written by ``save`` (weights, EMA, optimiser, step, data order, RNG)."""
+        ckpt.validate_checkpoint(checkpoint, "checkpoint", training=True)
         name = checkpoint["model"]["class"]
         if name != type(self.model).__name__:
             raise CheckpointError(f"the checkpoint holds a {name}, not a {type(self.model).__name__}")
-        self.model.load_state_dict(checkpoint["state_dict"])
-        self.ema.model.load_state_dict(checkpoint["ema_state_dict"] or checkpoint["state_dict"])
-        if checkpoint.get("optimizer") is not None:
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-        if checkpoint.get("grad_scaler") is not None:
-            self.scaler.load_state_dict(checkpoint["grad_scaler"])
+        for entry, target, weights in (("state_dict", self.model, checkpoint["state_dict"]),
+                                       ("ema_state_dict", self.ema.model,
+                                        checkpoint["ema_state_dict"] or checkpoint["state_dict"]),
+                                       ("optimizer", self.optimizer, checkpoint.get("optimizer")),
+                                       ("grad_scaler", self.scaler, checkpoint.get("grad_scaler"))):
+            if weights is None:
+                continue
+            try:
+                target.load_state_dict(weights)
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+                raise CheckpointError(f"the checkpoint's {entry!r} does not fit this run's "
+                                      f"{type(target).__name__}: {ckpt.weights_mismatch(error)}") from None
         self.step = int(checkpoint["step"])
         data = checkpoint.get("data") or {}
         self.epoch, self.batch_in_epoch = int(data.get("epoch", 0)), int(data.get("batch_in_epoch", 0))

@@ -99,7 +99,8 @@ def test_two_gloo_processes_match_each_other_and_single_process_training(tmp_pat
     for (step_a, loss_a, _), (step_b, loss_b, _) in zip(rank0["history"], single["history"]):
         assert step_a == step_b and loss_a == pytest.approx(loss_b, rel=1e-5)
     # only rank 0 wrote the checkpoint and the log
-    assert sorted(os.listdir(tmp_path / "ddp")) == ["checkpoint.pt", "loss.csv", "loss.png", "rank0.pt", "rank1.pt"]
+    written = sorted(name for name in os.listdir(tmp_path / "ddp") if name != ".minidiff.lock")   # the run lock
+    assert written == ["checkpoint.pt", "loss.csv", "loss.png", "rank0.pt", "rank1.pt"]
     saved = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(saved[k], w) for k, w in rank0["weights"].items())
     # the weights really moved: the comparison is not between two untouched initialisations

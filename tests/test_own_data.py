@@ -202,7 +202,7 @@ def test_labelled_folder_trains_conditionally_samples_per_class_and_evaluates_ag
     saved = ckpt.load_checkpoint(run / "checkpoint.pt")
     assert saved["class_names"] == ["blue", "green", "red"] and saved["model"]["kwargs"]["n_cfeat"] == 3
     assert saved["train_config"]["context_dropout"] > 0                     # trained for guidance
-    assert saved["data"]["source"] == {"class": "ImageFolder", "root": str(root)}
+    assert saved["data"]["source"] == {"class": "ImageFolder", "root": str(root), "size": 18}
     assert json.loads((run / "config.json").read_text())["model"]["kwargs"]["n_cfeat"] == 3
 
     for name in ("green", "red"):
