@@ -110,9 +110,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         args = build_parser().parse_args(argv)
         command, run = args.command, lambda: (cmd_train if args.command == "train" else cmd_sample)(args)
+    from .distributed import StoppedByAnotherProcess
     previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         return run()
+    except StoppedByAnotherProcess:               # data-parallel: the process that refused said why
+        return 2
     except KeyboardInterrupt as error:            # Ctrl-C: 130, SIGTERM: 143 (128 + the signal's number)
         signum = getattr(error, "signum", signal.SIGINT)
         print(f"minidiff {command}: {str(error) or 'interrupted'}", file=sys.stderr)
@@ -161,10 +164,17 @@ def cmd_train(args) -> int:
         if args.no_progress:
             built.config.progress = False
         trainer = Trainer(built.model, built.dataset, built.config, schedule=built.schedule, sde=built.sde)
-        with run_folder_lock(out_dir) if info.is_main else contextlib.nullcontext():
-            # before anything is written: a resumed run must be the same run, its checkpoint readable
-            checkpoint = trainer.resume_checkpoint() if args.resume else None
-            trainer._check_checkpoint_path()
+        with contextlib.ExitStack() as folder:
+            # before anything is written: one trainer per folder; a resumed run must be the same run
+            failure, checkpoint = None, None
+            try:
+                if info.is_main:
+                    folder.enter_context(run_folder_lock(out_dir))
+                checkpoint = trainer.resume_checkpoint() if args.resume else None
+                trainer.check_checkpoint_path()
+            except USER_ERRORS as error:
+                failure = error
+            distributed.raise_together(failure, trainer.device)     # every process stops, or none
             if checkpoint is not None:
                 trainer.load_state(checkpoint)
             if info.is_main:

@@ -184,3 +184,18 @@ def max_over_ranks(value: int, device) -> int:
     except RuntimeError as error:
         raise lost_contact(error) from None
     return int(tensor.item())
+
+
+class StoppedByAnotherProcess(Exception):
+    """This process stops because another one refused to start (that one reports why)."""
+
+
+def raise_together(error: Optional[BaseException], device) -> None:
+    """Raise `error` here, and StoppedByAnotherProcess in every other process, when any process has one;
+    so a check that fails on one rank (rank 0's folder lock) ends all of them at once instead of
+    leaving the others waiting in a collective. A no-op when no process has an error."""
+    failed = max_over_ranks(int(error is not None), device) if current().enabled else int(error is not None)
+    if error is not None:
+        raise error
+    if failed:
+        raise StoppedByAnotherProcess("another process refused to start; it printed why")

@@ -320,7 +320,7 @@ class Trainer:
         with contextlib.ExitStack() as stack:
             if c.out_dir is not None and main:
                 stack.enter_context(run_folder_lock(c.out_dir))
-                self._check_checkpoint_path()
+                self.check_checkpoint_path()
                 self._trim_loss_csv()
             signals = stack.enter_context(_DeferredSignals())
             batches = self._batches()
@@ -381,7 +381,7 @@ class Trainer:
             what = "nothing saved (TrainConfig.out_dir is None)"
         raise Interrupted(signum, f"interrupted by {name} at step {self.step}; {what}")
 
-    def _check_checkpoint_path(self) -> None:
+    def check_checkpoint_path(self) -> None:
         """Refuse up front a checkpoint path that a save could never write (a folder in its place)."""
         path = self.checkpoint_path()
         if path is not None and os.path.lexists(path) and not os.path.isfile(path):
@@ -519,7 +519,7 @@ class Trainer:
         path = self.checkpoint_path()
         if path is None or not os.path.lexists(path):
             return None
-        self._check_checkpoint_path()
+        self.check_checkpoint_path()
         checkpoint = ckpt.load_checkpoint(path)
         ckpt.validate_checkpoint(checkpoint, path, training=True)
         self.check_same_run(checkpoint, path)

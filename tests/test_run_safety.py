@@ -264,9 +264,8 @@ def test_a_second_trainer_on_the_same_folder_refuses_and_a_killed_one_frees_it(t
     finally:
         first.kill()
         first.wait()
-    third = subprocess.run([sys.executable, "-m", "minidiff", "train", "--preset", "smoke", "--steps", "2",
-                            "--out", str(out), "--no-progress"], env=ENV, capture_output=True, text=True, timeout=120)
-    assert third.returncode == 0, third.stderr                          # SIGKILL released the lock
+    with file_io.run_folder_lock(out):                                  # SIGKILL released the lock
+        pass
 
 
 def test_the_run_folder_lock_is_reentrant_in_a_process_and_exclusive_across_processes(tmp_path):
@@ -283,8 +282,9 @@ def test_the_run_folder_lock_is_reentrant_in_a_process_and_exclusive_across_proc
 
 
 # ------------------------------------------------------------------ interrupts keep the work
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
-def test_an_interrupt_saves_a_checkpoint_then_exits_with_one_line(signum, code, tmp_path, log_every_step):
+@pytest.mark.parametrize("signum, code, resume", [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, True)],
+                         ids=["SIGINT", "SIGTERM-then-resume"])
+def test_an_interrupt_saves_a_checkpoint_then_exits_with_one_line(signum, code, resume, tmp_path, log_every_step):
     out = tmp_path / "run"
     process = _train_process(out, config=log_every_step)
     try:
@@ -300,29 +300,31 @@ def test_an_interrupt_saves_a_checkpoint_then_exits_with_one_line(signum, code, 
     assert step >= 3 and f"at step {step}" in line
     steps = _logged_steps(out)
     assert steps == sorted(set(steps)) and steps[-1] == step
-
+    if not resume:
+        return
     resumed = _train_process(out, "--resume", steps=step + 3, config=log_every_step)
     _, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err
     assert _logged_steps(out) == list(range(1, step + 4))              # every step once, none repeated
 
 
+@pytest.mark.slow          # test_crash_resume.py and the SIGTERM test above check the same after one resume
 def test_loss_csv_holds_no_duplicate_steps_after_kills_and_resumes(tmp_path):
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"preset": "smoke", "train": {"log_every": 1, "sample_every": 0,
                                                                "checkpoint_every": 4}}))
     out = tmp_path / "run"
-    for kill_at in (6, 11):                     # past a checkpoint: the rows after it are logged twice today
-        process = _train_process(out, "--resume", steps=16, config=config)
+    for kill_at in (6,):                        # past a checkpoint: the rows after it were logged twice
+        process = _train_process(out, "--resume", steps=10, config=config)
         _wait_for_step(process, out, kill_at)
         process.kill()
         process.wait()
         with open(out / "loss.csv", "a") as f:  # a row cut short by the crash
             f.write("99,0,0.5")
-    process = _train_process(out, "--resume", steps=16, config=config)
+    process = _train_process(out, "--resume", steps=10, config=config)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
-    assert _logged_steps(out) == list(range(1, 17))
+    assert _logged_steps(out) == list(range(1, 11))
 
 
 # ------------------------------------------------------------------ DDP: refuse, do not hang
@@ -360,15 +362,8 @@ def test_inconsistent_rank_variables_exit_2_with_one_line_in_a_real_process(tmp_
 
 
 def test_a_stalled_rank_ends_the_job_with_a_clear_error_after_the_timeout(tmp_path, log_every_step):
-    port = _free_port()
-    processes = []
-    for rank in (0, 1):
-        env = {**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "GLOO_SOCKET_IFNAME": "lo", distributed.TIMEOUT_VARIABLE: "4"}
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "minidiff", "train", "--config", str(log_every_step), "--steps", "100000",
-             "--out", str(tmp_path / "run"), "--no-progress"], env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True))
+    processes = _ranks(["train", "--config", str(log_every_step), "--steps", "100000", "--out", str(tmp_path / "run"),
+                        "--no-progress"], tmp_path, timeout_s="4")
     main, other = processes
     try:
         _wait_for_step(main, tmp_path / "run", 2)
@@ -384,6 +379,33 @@ def test_a_stalled_rank_ends_the_job_with_a_clear_error_after_the_timeout(tmp_pa
     line = _one_line(err)
     assert "rank 0 lost contact" in line and distributed.TIMEOUT_VARIABLE in line
     assert waited < 30
+
+
+def _ranks(argv, tmp_path, timeout_s="60") -> list:
+    port = _free_port()
+    processes = []
+    for rank in (0, 1):
+        env = {**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "GLOO_SOCKET_IFNAME": "lo", distributed.TIMEOUT_VARIABLE: timeout_s}
+        processes.append(subprocess.Popen([sys.executable, "-m", "minidiff", *argv], env=env, cwd=tmp_path,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return processes
+
+
+def test_a_refusal_on_rank_0_ends_every_rank_at_once_with_one_line(tmp_path):
+    out = tmp_path / "run"
+    with file_io.run_folder_lock(out):                                  # another trainer holds the folder
+        started = time.monotonic()
+        main, other = _ranks(["train", "--preset", "smoke", "--steps", "2", "--out", str(out), "--no-progress"],
+                             tmp_path)
+        try:
+            (_, main_err), (_, other_err) = main.communicate(timeout=120), other.communicate(timeout=120)
+        finally:
+            main.kill()
+            other.kill()
+    assert main.returncode == 2 and other.returncode == 2, main_err + other_err
+    assert "another trainer" in _one_line(main_err) and other_err.strip() == ""
+    assert time.monotonic() - started < 60                              # not after the 60 s timeout
 
 
 def test_the_ddp_timeout_variable_is_checked(monkeypatch):
