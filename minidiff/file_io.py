@@ -182,8 +182,11 @@ def run_folder_lock(folder: PathLike) -> Iterator[str]:
                 raise RunFolderBusy(f"another trainer{f' (pid {holder})' if holder.isdigit() else ''} is using "
                                     f"{folder}; wait for it to finish or choose another output folder") from None
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:                                              # the holder's pid, for the message above
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError:                                   # a full disk: the lock holds without it
+            pass
         _held_locks[folder] = [fd, 1]
     try:
         yield folder

@@ -61,6 +61,13 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+def _leave_signals_to_the_trainer(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT/SIGTERM (a terminal's Ctrl-C reaches them too): the training
+    process finishes its step and saves; the workers end with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class _DeferredSignals:
     """While active (main thread only), SIGINT and SIGTERM only set `signum`; the training loop stops at
     the end of the step, with consistent weights to save. A second signal stops at once (no save)."""
@@ -293,7 +300,8 @@ class Trainer:
             indices = list(self.sampler)[self.batch_in_epoch * self.local_batch:
                                          self.steps_per_epoch * self.local_batch]
             loader = DataLoader(self.dataset, batch_size=self.local_batch, sampler=indices, drop_last=True,
-                                num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda")
+                                num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda",
+                                worker_init_fn=_leave_signals_to_the_trainer if self.config.num_workers else None)
             for batch in loader:
                 self.batch_in_epoch += 1
                 if self.batch_in_epoch == self.steps_per_epoch:

@@ -282,14 +282,24 @@ def test_the_run_folder_lock_is_reentrant_in_a_process_and_exclusive_across_proc
 
 
 # ------------------------------------------------------------------ interrupts keep the work
-@pytest.mark.parametrize("signum, code, resume", [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, True)],
-                         ids=["SIGINT", "SIGTERM-then-resume"])
-def test_an_interrupt_saves_a_checkpoint_then_exits_with_one_line(signum, code, resume, tmp_path, log_every_step):
+@pytest.mark.parametrize("signum, code, resume, workers", [
+    (signal.SIGINT, 130, False, 0), (signal.SIGTERM, 143, True, 0), (signal.SIGTERM, 143, False, 2)],
+    ids=["SIGINT", "SIGTERM-then-resume", "SIGTERM-to-the-group-with-loader-workers"])
+def test_an_interrupt_saves_a_checkpoint_then_exits_with_one_line(signum, code, resume, workers, tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"preset": "smoke", "train": {"log_every": 1, "sample_every": 0,
+                                                               "num_workers": workers}}))
     out = tmp_path / "run"
-    process = _train_process(out, config=log_every_step)
+    argv = [sys.executable, "-m", "minidiff", "train", "--out", str(out), "--no-progress", "--steps", "100000",
+            "--config", str(config)]
+    process = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
     try:
         _wait_for_step(process, out, 3)
-        process.send_signal(signum)
+        if workers:                            # as from a terminal or a job manager: every process of the group
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
         _, err = process.communicate(timeout=60)
     finally:
         process.kill()
@@ -302,7 +312,7 @@ def test_an_interrupt_saves_a_checkpoint_then_exits_with_one_line(signum, code, 
     assert steps == sorted(set(steps)) and steps[-1] == step
     if not resume:
         return
-    resumed = _train_process(out, "--resume", steps=step + 3, config=log_every_step)
+    resumed = _train_process(out, "--resume", steps=step + 3, config=config)
     _, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err
     assert _logged_steps(out) == list(range(1, step + 4))              # every step once, none repeated

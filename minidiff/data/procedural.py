@@ -271,11 +271,11 @@ class ProceduralSprites(SpriteArrays):
         """Write the course's two .npy files (so the SpritesDataset code path can be tried)."""
         import os
 
+        from ..file_io import atomic_write
         from .sprites import COURSE_LABELS_FILE, COURSE_SPRITES_FILE
 
-        os.makedirs(directory, exist_ok=True)
-        np.save(os.path.join(directory, COURSE_SPRITES_FILE), self.images)
-        np.save(os.path.join(directory, COURSE_LABELS_FILE), self.labels.astype(np.float64))
+        for name, array in ((COURSE_SPRITES_FILE, self.images), (COURSE_LABELS_FILE, self.labels.astype(np.float64))):
+            atomic_write(os.path.join(directory, name), lambda f, array=array: np.save(f, array))
 
 
 def _caption_words():

@@ -345,7 +345,7 @@ def main(argv=None) -> int:
                                   dataset=args.dataset, cache_dir=args.cache_dir, reference_dir=args.reference)
     print(format_report(results))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        from ..file_io import atomic_write_text
+        atomic_write_text(json.dumps(results, indent=2), args.json)
         print(f"wrote {args.json}")
     return 0
