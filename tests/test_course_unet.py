@@ -248,7 +248,7 @@ def test_the_readme_three_lines_run_on_a_course_file(tmp_path, monkeypatch):
         blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
     code = next(b for b in blocks if "from_course" in b)
     code = "\n".join(line.strip() for line in code.splitlines())
-    assert len(code.strip().splitlines()) == 3
+    assert len(code.strip().splitlines()) == 3 and 'sampler="ddpm"' in code     # the course's sampler
     torch.save(trained_course_net(n_feat=8).state_dict(), tmp_path / "context_model_trained.pth")
     monkeypatch.chdir(tmp_path)
     namespace = {"md": md, "torch": torch}
