@@ -10,7 +10,7 @@ which file holds which concept.
 
 __version__ = "0.1.0"
 
-from . import data, distill, exact, imaging, nn
+from . import data, distill, exact, imaging, metrics, nn
 from .checkpoint import load_checkpoint, load_model, load_pipeline, save_checkpoint
 from .guidance import Denoiser, guided_output, null_context_like
 from .likelihood import log_likelihood
@@ -41,5 +41,5 @@ __all__ = [
     "Trainer", "TrainConfig", "load_model", "load_pipeline", "load_checkpoint", "save_checkpoint",
     "save_pretrained", "load_pretrained",
     "Tokenizer", "TextEncoder", "TextToImage",
-    "data", "distill", "exact", "imaging", "nn",
+    "data", "distill", "exact", "imaging", "metrics", "nn",
 ]

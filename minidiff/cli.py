@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkpoint file written by train, or a folder written by save_pretrained")
     sample.add_argument("--sampler", help="default: ddim (SDE checkpoints: euler_maruyama)")
     sample.add_argument("--steps", type=int, help="sampling steps (default: 25; SDE checkpoints: 500)")
-    sample.add_argument("--eta", type=float, default=0.0, help="DDIM noise, 0 = deterministic (default 0)")
+    sample.add_argument("--eta", type=float, help="DDIM noise, 0 = deterministic (default 0)")
     sample.add_argument("--spacing", choices=SPACINGS,
                         help="timestep grid of discrete-time samplers (default: the folder's own, else leading; "
                              "with few steps trailing, "
@@ -268,11 +268,16 @@ def cmd_sample(args) -> int:
     want_gif = args.gif is not None
     if isinstance(process, NoiseSchedule):
         from .samplers import sample
-        result = sample(model, process, shape, sampler=args.sampler or "ddim", steps=args.steps or 25, eta=args.eta,
-                        spacing=args.spacing or "leading", context=context, guidance_scale=args.guidance,
+        result = sample(model, process, shape, sampler=args.sampler or "ddim", steps=args.steps or 25,
+                        eta=0.0 if args.eta is None else args.eta, spacing=args.spacing or "leading",
+                        context=context, guidance_scale=args.guidance,
                         prediction_type=prediction_type, generator=generator, return_trajectory=want_gif,
                         progress=True)
     else:
+        for option, value in (("--eta", args.eta), ("--spacing", args.spacing)):
+            if value is not None:
+                raise ValueError(f"{option} applies to noise-schedule checkpoints; {args.checkpoint} is a score model "
+                                 f"sampled along its SDE ({type(process).__name__}), which has no {option}")
         from .sde_samplers import sde_sample
         result = sde_sample(model, process, shape, method=args.sampler or "euler_maruyama", steps=args.steps or 500,
                             context=context, guidance_scale=args.guidance, generator=generator,
@@ -299,8 +304,8 @@ def _sample_text_to_image(args, device) -> int:
     if args.context is not None or args.gif is not None or args.raw:
         raise ValueError("--context, --gif and --raw do not apply to a text-to-image pipeline (it takes --prompt)")
     pipe = TextToImage.load_pretrained(args.checkpoint, device)
-    x = pipe(args.prompt, steps=args.steps or 25, sampler=args.sampler or "ddim", spacing=args.spacing or "leading",
-             eta=args.eta,
+    x = pipe(args.prompt, steps=args.steps or 25, sampler=args.sampler or "ddim",
+             spacing=args.spacing or "leading", eta=0.0 if args.eta is None else args.eta,
              guidance_scale=3.0 if args.guidance is None else args.guidance, n_per_prompt=args.n,
              generator=torch.Generator().manual_seed(args.seed))
     imaging.save_image_grid(x, args.out, nrow=args.nrow, scale=args.scale)
@@ -391,11 +396,14 @@ def parse_context(text: str, model, n: int, class_names: Optional[List[str]] = N
 def cmd_delegate(command: str, argv: List[str]) -> int:
     """`eval` and `bench` live in other modules, imported only when asked for: module.main(argv) -> int.
 
-    The benchmarks are not part of the installed package (they belong to the source checkout, beside
-    tests/): after ``pip install .``, ``minidiff bench`` runs them when started inside a checkout, and
-    says how to get one otherwise.
+    `eval` is minidiff.metrics, part of the package. The benchmarks are not (they belong to the source
+    checkout, beside tests/): after ``pip install .``, ``minidiff bench`` runs them when started inside a
+    checkout, and says how to get one otherwise.
     """
-    module_name = {"eval": "minidiff.metrics", "bench": "benchmarks.run_all"}[command]
+    if command == "eval":
+        from .metrics import main as entry
+        return int(entry(argv) or 0)
+    module_name = "benchmarks.run_all"
     try:
         module = _import_delegate(module_name)
     except ModuleNotFoundError as error:
@@ -403,8 +411,7 @@ def cmd_delegate(command: str, argv: List[str]) -> int:
             raise
         why = (f"{module_name} is not installed: the benchmarks live in benchmarks/ of minidiff's source checkout, "
                f"which `pip install` does not copy. Run `minidiff bench ...` (or `python -m benchmarks.run_all "
-               f"--quick`, or `make bench`) inside a checkout" if command == "bench"
-               else f"{module_name} is not available in this installation")
+               f"--quick`, or `make bench`) inside a checkout")
         if "-h" in argv or "--help" in argv:
             print(f"usage: minidiff {command} [ARGS ...]\n\nHanded to {module_name}.main(ARGS); {why}.")
             return 0

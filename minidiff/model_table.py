@@ -7,6 +7,7 @@ passed explicitly: ``build_model("MyNet", {"MyNet": MyNet}, ...)``.
 
 from __future__ import annotations
 
+import inspect
 from typing import Dict, Optional
 
 from torch import nn
@@ -48,13 +49,30 @@ def build_model(name: str, classes: Optional[Dict[str, type]] = None, **kwargs) 
 
 
 def model_spec(model: nn.Module, model_kwargs: Optional[dict] = None) -> dict:
-    """{"class": name, "kwargs": plain kwargs or None} for `model` (explicit kwargs win over minidiff_spec)."""
+    """{"class": name, "kwargs": plain kwargs or None} for `model` (explicit kwargs win over minidiff_spec).
+
+    A network whose constructor takes `sde` (the score UNets) records the SDE it computes with now,
+    `model.sde`, unless the explicit kwargs name one: hand-written kwargs often leave it out, and a model
+    rebuilt without it would return the raw network output instead of the score.
+    """
     if model_kwargs is not None:
-        return {"class": type(model).__name__, "kwargs": encode_kwargs(model_kwargs)}
-    spec = getattr(model, "minidiff_spec", None)
-    if spec is not None:
-        return {"class": spec["class"], "kwargs": encode_kwargs(spec["kwargs"])}
-    return {"class": type(model).__name__, "kwargs": None}
+        name, kwargs = type(model).__name__, dict(model_kwargs)
+    else:
+        spec = getattr(model, "minidiff_spec", None)
+        if spec is None:
+            return {"class": type(model).__name__, "kwargs": None}
+        name, kwargs = spec["class"], decode_kwargs(spec["kwargs"])
+        kwargs.pop("sde", None)                     # the attribute may have been set since construction
+    if "sde" not in kwargs and hasattr(model, "sde") and _takes_sde(type(model)):
+        kwargs["sde"] = model.sde
+    return {"class": name, "kwargs": encode_kwargs(kwargs)}
+
+
+def _takes_sde(cls: type) -> bool:
+    try:
+        return "sde" in inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):                 # no introspectable signature
+        return False
 
 
 def encode_kwargs(kwargs: dict) -> dict:

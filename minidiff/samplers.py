@@ -351,13 +351,35 @@ def _starting_noise(shape, x_T, generator, device, dtype) -> Tensor:
 
 
 def _device_and_dtype(model, device, dtype, x_T):
-    """Where and in what dtype to sample: as asked; else the model's parameters'; else x_T's; else CPU float32."""
+    """Where and in what dtype to sample: as asked; else the model's parameters'; else x_T's; else CPU float32.
+
+    An asked device or dtype must be one the model computes on: a floating dtype on a device with data,
+    and the parameters' own device and dtype (the model is not converted here; convert it first).
+    """
     parameter = next(model.parameters(), None) if hasattr(model, "parameters") else None
+    if parameter is not None and not parameter.is_floating_point():
+        parameter = None
     if device is None:
         device = parameter.device if parameter is not None else torch.device("cpu")
+    else:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"device must name a torch device ('cpu', 'cuda', 'cuda:1', ...), got {device!r}: "
+                             f"{error}") from None
+        if parameter is not None and (device.type != parameter.device.type or
+                                      device.index not in (None, parameter.device.index)):
+            raise ValueError(f"device={str(device)!r} but the model's parameters are on {parameter.device}: "
+                             f"move the model first (model.to({str(device)!r})) or leave device=None")
+    if device.type == "meta":
+        raise ValueError("device='meta' (asked, or the model's) holds shapes but no values: sample on a real "
+                         "device ('cpu', 'cuda') with a model whose weights are loaded")
     if dtype is None:
-        if parameter is not None and parameter.is_floating_point():
-            dtype = parameter.dtype
-        else:
-            dtype = x_T.dtype if x_T is not None else torch.float32
+        dtype = parameter.dtype if parameter is not None else (x_T.dtype if x_T is not None else torch.float32)
+    elif not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch.dtype (torch.float32, torch.float64, ...), "
+                         f"got {dtype!r}")
+    elif parameter is not None and dtype != parameter.dtype:
+        raise ValueError(f"dtype={dtype} but the model's parameters are {parameter.dtype}: convert the model first "
+                         f"(model.to({dtype})) or leave dtype=None")
     return torch.device(device), dtype

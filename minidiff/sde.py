@@ -281,7 +281,7 @@ class ScoreFromEps(nn.Module):
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         self.eps_model, self.schedule, self.prediction_type = eps_model, schedule, prediction_type
-        for name in ("num_classes", "null_context"):                 # what guidance asks of the model
+        for name in ("num_classes", "null_id", "null_context"):      # what guidance and training ask of the model
             if hasattr(eps_model, name):
                 setattr(self, name, getattr(eps_model, name))
 
