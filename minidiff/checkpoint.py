@@ -44,7 +44,7 @@ from .file_io import (  # noqa: F401
 )
 from .model_table import SDE_KEY, build_model, decode_kwargs, encode_kwargs, model_classes, model_spec  # noqa: F401
 from .rng_state import get_rng_state, set_rng_state  # noqa: F401
-from .schedule import NoiseSchedule
+from .schedule import PREDICTION_TYPES, NoiseSchedule
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -146,6 +146,9 @@ def validate_checkpoint(checkpoint: dict, path: str = "checkpoint", training: bo
     for key, kind in (("grad_scaler", dict), ("train_config", dict), ("data", dict)):
         if checkpoint.get(key) is not None and not isinstance(checkpoint[key], kind):
             fail(key, "a dict or None", checkpoint[key])
+    prediction_type = (checkpoint.get("train_config") or {}).get("prediction_type", "epsilon")
+    if prediction_type not in PREDICTION_TYPES:                        # sampling reads it
+        fail("train_config.prediction_type", f"one of {PREDICTION_TYPES}", prediction_type)
     if "step" in checkpoint and not _is_int(checkpoint["step"], minimum=0):
         fail("step", "an integer >= 0", checkpoint["step"])
     data = checkpoint.get("data") or {}

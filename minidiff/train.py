@@ -606,7 +606,13 @@ class Trainer:
         """A Trainer rebuilt from the checkpoint at `path` alone (model, schedule/SDE, config), ready to go on."""
         checkpoint = ckpt.load_checkpoint(path)
         model = ckpt.model_from_checkpoint(checkpoint, ema=False, classes=model_classes, path=os.fspath(path))
-        config = TrainConfig.from_dict({**(checkpoint.get("train_config") or {}), **config_changes})
+        try:
+            config = TrainConfig.from_dict({**(checkpoint.get("train_config") or {}), **config_changes})
+        except (ValueError, TypeError) as error:
+            if config_changes:                                # perhaps the caller's change: name both
+                raise ValueError(f"{os.fspath(path)}: the recorded train_config with {config_changes}: {error}") \
+                    from None
+            raise CheckpointError(f"{os.fspath(path)}: damaged checkpoint: 'train_config': {error}") from None
         process = ckpt.schedule_or_sde_from_checkpoint(checkpoint)
         schedule, sde = (process, None) if isinstance(process, NoiseSchedule) else (None, process)
         trainer = cls(model.train(), dataset, config, schedule=schedule, sde=sde)

@@ -121,6 +121,7 @@ DAMAGE = [
     ("history-string", _set("data.history")("abc"), "data.history", True),
     ("epoch-string", _set("data.epoch")("abc"), "data.epoch", True),
     ("data-list", _set("data")([]), "data", True),
+    ("prediction-type-number", _set("train_config.prediction_type")(5), "train_config.prediction_type", True),
 ]
 
 
@@ -199,6 +200,17 @@ def test_resume_refuses_another_runs_checkpoint_before_writing_anything(config, 
     line = _one_line(err)
     assert named in line and "checkpoint.pt" in line and "resume" in line
     assert _snapshot(trained_folder) == before                       # config.json too: nothing was touched
+
+
+@pytest.mark.parametrize("field, value", [("batch_size", -3), ("objective", "nope"), ("ema_decay", 2.0)])
+def test_trainer_resume_names_the_file_for_a_damaged_train_config(field, value, good_checkpoint, tmp_path):
+    checkpoint = torch.load(good_checkpoint, weights_only=True)
+    checkpoint["train_config"][field] = value
+    path = tmp_path / "checkpoint.pt"
+    torch.save(checkpoint, path)
+    dataset = build_run(resolve("smoke", None)).dataset
+    with pytest.raises(ckpt.CheckpointError, match=f"{path}: damaged checkpoint: 'train_config'.*{field}"):
+        Trainer.resume(str(path), dataset)
 
 
 def test_resume_with_the_same_settings_goes_on(trained_folder, capsys):
