@@ -11,10 +11,10 @@ alpha ~ 0), the distillation rounds through the same Trainer, and the measuremen
 accuracy (minidiff.metrics, guided samples, w = 2, as benchmarks/quality_vs_steps.py measures) of the teacher's
 DDPM over every step, of the teacher's DDIM with as many calls as each student, and of each student.
 
-    python examples/few_step.py --preset smoke     # seconds: runs end to end (the numbers mean nothing)
-    python examples/few_step.py --preset quick     # the README's table: a small teacher and four rounds
-    python examples/few_step.py --preset full      # the course-sized model, longer rounds (hours on a CPU)
-    python examples/few_step.py --preset full --teacher runs/v/checkpoint.pt   # distil a v-prediction checkpoint
+Run:  python examples/few_step.py --preset smoke     # seconds: runs end to end (the numbers mean nothing)
+      python examples/few_step.py --preset quick     # a small teacher (3,000 steps) and four rounds of 600
+      python examples/few_step.py --preset full      # the course-sized model, longer rounds (hours on a CPU)
+      python examples/few_step.py --preset full --teacher runs/v/checkpoint.pt   # distil a v-prediction checkpoint
 
 Writes: teacher_vs_student.png (per class, the teacher's DDIM and the student at 8, 4, 2 and 1 calls),
 quality.png (Fréchet distance against network calls), few_step.md (the table), student_<N>/ (each student as
