@@ -12,9 +12,10 @@ __version__ = "0.1.0"
 
 from . import data, distill, exact, imaging, metrics, nn
 from .checkpoint import load_checkpoint, load_model, load_pipeline, save_checkpoint
+from .flow import RectifiedFlow, flow_log_likelihood, flow_sample
 from .guidance import Denoiser, guided_output, null_context_like
 from .likelihood import log_likelihood
-from .losses import diffusion_loss, dsm_loss
+from .losses import diffusion_loss, dsm_loss, flow_loss
 from .pretrained import load_pretrained, save_pretrained
 from .samplers import SAMPLERS, ddim_invert, ddim_step, ddpm_step, dpmpp_2m_step, euler_step, heun_step, sample
 from .schedule import (
@@ -40,6 +41,7 @@ __all__ = [
     "SDE", "VESDE", "VPSDE", "SubVPSDE", "sde_sample", "log_likelihood", "as_score_model", "sde_from_config",
     "Trainer", "TrainConfig", "load_model", "load_pipeline", "load_checkpoint", "save_checkpoint",
     "save_pretrained", "load_pretrained",
+    "RectifiedFlow", "flow_sample", "flow_loss", "flow_log_likelihood",
     "Tokenizer", "TextEncoder", "TextToImage",
     "data", "distill", "exact", "imaging", "metrics", "nn",
 ]

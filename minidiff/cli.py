@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "euler, heun; SDE checkpoints: euler_maruyama, pc, ode.")
     sample.add_argument("--checkpoint", required=True, metavar="PATH",
                         help="checkpoint file written by train, or a folder written by save_pretrained")
-    sample.add_argument("--sampler", help="default: ddim (SDE checkpoints: euler_maruyama)")
+    sample.add_argument("--sampler", help="default: ddim (SDE checkpoints: euler_maruyama; flow: euler, 10 steps)")
     sample.add_argument("--steps", type=int, help="sampling steps (default: 25; SDE checkpoints: 500)")
     sample.add_argument("--eta", type=float, help="DDIM noise, 0 = deterministic (default 0)")
     sample.add_argument("--spacing", choices=SPACINGS,
@@ -266,7 +266,12 @@ def cmd_sample(args) -> int:
     context = parse_context(args.context, model, args.n, class_names) if args.context is not None else None
     generator = torch.Generator().manual_seed(args.seed)
     want_gif = args.gif is not None
-    if isinstance(process, NoiseSchedule):
+    if type(process).__name__ == "RectifiedFlow":                          # a flow-matching (velocity) model
+        from .flow import flow_sample
+        result = flow_sample(model, process, shape, sampler=args.sampler or "euler", steps=args.steps or 10,
+                             context=context, guidance_scale=args.guidance, generator=generator,
+                             return_trajectory=want_gif, progress=True)
+    elif isinstance(process, NoiseSchedule):
         from .samplers import sample
         result = sample(model, process, shape, sampler=args.sampler or "ddim", steps=args.steps or 25,
                         eta=0.0 if args.eta is None else args.eta, spacing=args.spacing or "leading",

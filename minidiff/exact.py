@@ -13,6 +13,7 @@ and every quantity a network is trained to predict has a closed form (Tweedie's 
     E[x0 | x] = sum_k r_k (m_k + c Sigma_k C_k^-1 (x - c m_k))           the denoiser; = (x + sigma^2 score) / c
     E[z | x]  = -sigma score(x)                                           the eps-prediction target
     E[v | x]  = c E[z | x] - sigma E[x0 | x]                              v = c z - sigma x0 (Salimans & Ho 2022)
+    u(x, t)   = E[z | x] - E[x0 | x]  with c = 1 - t, sigma = t            the flow-matching velocity (flow.py)
 
 A sampler driven by these is left with its own error only, which is how the tests and
 benchmarks/sampler_accuracy.py measure samplers, and the lesson examples/toy_2d.py draws.
@@ -26,7 +27,8 @@ Two layouts of the data (fixed by the shape of `means`):
 The network wrappers, called like any minidiff network, model(x, t, context=None) (context is ignored):
     ExactModel(data, schedule, prediction_type)   discrete time: eps / x0 / v at the step the time t names
     ExactScore(data, sde)                         continuous time: grad log p_t(x) for the VE / VP / sub-VP SDEs
-Both count their calls in `nfe`. The time convention of ExactModel is NoiseSchedule.alpha_bar_at_time:
+    ExactVelocity(data)                           the linear path x_t = (1 - t) x0 + t z: u(x, t) = E[z - x0 | x_t]
+All count their calls in `nfe`. The time convention of ExactModel is NoiseSchedule.alpha_bar_at_time:
 t = (i + 1) / T is step i (fractional i interpolates the log-SNR), and below the first step, t < 1 / T,
 1 - alpha_bar falls linearly to 0 at t = 0, so t = 0 is the clean data (E[x0 | x] = x, E[z | x] = 0).
 """
@@ -175,6 +177,14 @@ class GaussianMixture:
         log_joint, d, var, _, sigma = self._terms(x, c, sigma)
         return self._mix(log_joint, self._rotate_back(sigma * d / var), x)
 
+    def velocity(self, x: Tensor, t: Number) -> Tensor:
+        """The marginal velocity of the linear path x_t = (1 - t) x0 + t z (flow.py): E[z - x0 | x_t = x], x's shape.
+
+        t: a number or [B]. Equals (z - E[x0]) with c = 1 - t, sigma = t; finite on [0, 1]."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        c, sigma = 1 - t, t
+        return (self.eps(x, c, sigma).double() - self.denoise(x, c, sigma).double()).to(x.dtype)
+
 
 # -------------------------------------------------------------------- networks made of the oracle
 class ExactModel(nn.Module):
@@ -219,6 +229,21 @@ class ExactScore(nn.Module):
         t = torch.as_tensor(t, dtype=torch.float64).reshape(-1).cpu()
         c, sigma = self.sde.marginal_prob(torch.ones(t.shape[0], dtype=torch.float64), t)   # [B] each
         return self.data.score(x, c, sigma)
+
+
+class ExactVelocity(nn.Module):
+    """The perfect flow-matching network for `data`: model(x, t, context=None) -> E[z - x0 | x_t = x] (flow time t).
+
+    `nfe` counts the calls.
+    """
+
+    def __init__(self, data: GaussianMixture):
+        super().__init__()
+        self.data, self.nfe = data, 0
+
+    def forward(self, x: Tensor, t: Tensor, context=None) -> Tensor:
+        self.nfe += 1
+        return self.data.velocity(x, torch.as_tensor(t, dtype=torch.float64).reshape(-1).cpu())
 
 
 def _per_sample(v: Number, like: Tensor) -> Tensor:

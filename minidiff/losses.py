@@ -2,7 +2,8 @@
 
 `diffusion_loss` is the discrete-time objective of Ho et al. 2020 (Algorithm 1) for any of the three
 targets a network may predict; `dsm_loss` (below, with the SDEs) is the denoising score matching
-objective of Song et al. 2021. Both take the model, a clean batch x0 and the forward process, draw
+objective of Song et al. 2021, and `flow_loss` the conditional flow-matching objective on the linear
+path (flow.py). All take the model, a clean batch x0 and the forward process, draw
 their own noise and time, and return a scalar loss.
 """
 
@@ -88,3 +89,19 @@ def dsm_loss(score_model, x0: Tensor, sde, t_min: float = 1e-5, context: Optiona
     else:
         per_sample = ((score * std + z) ** 2).flatten(1).sum(1)
     return per_sample.mean()
+
+
+def flow_loss(model, x0: Tensor, flow, context: Optional[Tensor] = None,
+              generator: Optional[torch.Generator] = None) -> Tensor:
+    """Conditional flow matching on the linear path (flow.py; Lipman et al. 2023, Liu et al. 2022, SD3 Sec. 2):
+    t ~ flow.sample_time (uniform or logit-normal), eps ~ N(0, I), x_t = (1 - t) x0 + t eps, regress v = eps - x0.
+
+    flow: a flow.RectifiedFlow. Returns a scalar: the mean over the batch of the per-sample mean squared error.
+    """
+    if x0.ndim < 2 or x0.shape[0] == 0:
+        raise ValueError(f"x0 must be a non-empty batch [B, ...], got shape {tuple(x0.shape)}")
+    t = flow.sample_time(x0.shape[0], generator).to(x0.device, x0.dtype)            # [B]
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    output = model(flow.add_noise(x0, noise, t), t, context)
+    target = flow.velocity(x0, noise)
+    return F.mse_loss(output.float(), target.float(), reduction="none").flatten(1).mean(1).mean()

@@ -1,10 +1,10 @@
-"""ODE solvers written in torch: adaptive Dormand–Prince RK45 and fixed-step Heun.
+"""ODE solvers written in torch: adaptive Dormand–Prince RK45 and fixed-step Euler, Heun and midpoint.
 
-The probability-flow ODE sampler (sde.py) and the likelihood (likelihood.py) integrate
+The probability-flow ODE sampler (sde.py), the likelihood (likelihood.py) and the flow samplers (flow.py) integrate
 dy/dt = f(t, y) with these, where y is a batch [B, ...] and t a python float. Time may run
 backwards (t1 < t0): sampling goes from t = 1 down to t_min, the likelihood from t_min up to 1.
 
-Both solvers return (y at t1, the number of evaluations of f), so a caller can report the NFE.
+Every solver returns (y at t1, the number of evaluations of f), so a caller can report the NFE.
 """
 
 from __future__ import annotations
@@ -112,6 +112,33 @@ def heun(f: ODEFunc, y0: Tensor, ts: Sequence[float], callback: Callback = None,
         y_euler = y + h * d
         d_next = f(t_next, y_euler)
         y = y + h * 0.5 * (d + d_next)
+        nfe += 2
+        if callback is not None:
+            callback(t_next, y)
+    return y, nfe
+
+
+def euler(f: ODEFunc, y0: Tensor, ts: Sequence[float], callback: Callback = None,
+          progress: bool = False) -> Tuple[Tensor, int]:
+    """Euler's method on the fixed grid ts: y += (t_next - t) f(t, y). Returns (y(ts[-1]), nfe = len(ts) - 1)."""
+    y, nfe = y0, 0
+    for t, t_next in tqdm(list(zip(ts[:-1], ts[1:])), desc="euler", disable=not progress, leave=False):
+        y = y + (t_next - t) * f(t, y)
+        nfe += 1
+        if callback is not None:
+            callback(t_next, y)
+    return y, nfe
+
+
+def midpoint(f: ODEFunc, y0: Tensor, ts: Sequence[float], callback: Callback = None,
+             progress: bool = False) -> Tuple[Tensor, int]:
+    """The explicit midpoint rule on the fixed grid ts (second order; Hairer et al., Sec. II.1):
+    y += h f(t + h/2, y + h/2 f(t, y)). Returns (y(ts[-1]), nfe = 2 * (len(ts) - 1))."""
+    y, nfe = y0, 0
+    for t, t_next in tqdm(list(zip(ts[:-1], ts[1:])), desc="midpoint", disable=not progress, leave=False):
+        h = t_next - t
+        y_half = y + 0.5 * h * f(t, y)
+        y = y + h * f(t + 0.5 * h, y_half)
         nfe += 2
         if callback is not None:
             callback(t_next, y)

@@ -257,11 +257,13 @@ SDE_CLASSES = {"VESDE": VESDE, "VPSDE": VPSDE, "SubVPSDE": SubVPSDE}
 
 def sde_from_config(config: dict) -> SDE:
     """Rebuild an SDE from ``sde.to_config()``, e.g. {"class": "VESDE", "kwargs": {"sigma": 25.0}}."""
+    from .flow import RectifiedFlow  # the linear path of flow models (flow.py)
+    classes = {**SDE_CLASSES, "RectifiedFlow": RectifiedFlow}
     name = config.get("class") if isinstance(config, dict) else None
-    if name not in SDE_CLASSES:
-        raise ValueError(f"config['class'] must be one of {tuple(SDE_CLASSES)}, got {config!r}")
+    if name not in classes:
+        raise ValueError(f"config['class'] must be one of {tuple(classes)}, got {config!r}")
     try:
-        return SDE_CLASSES[name](**config.get("kwargs", {}))
+        return classes[name](**config.get("kwargs", {}))
     except TypeError as error:
         raise ValueError(f"config['kwargs'] does not fit {name}: {error}") from None
 

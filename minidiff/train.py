@@ -153,7 +153,8 @@ def _model_context(model: nn.Module, context: Optional[Tensor]) -> Optional[Tens
     return torch.nn.functional.one_hot(context.long(), n_cfeat).float()
 
 class Trainer:
-    """Trains a diffusion model (objective "diffusion" + NoiseSchedule) or a score model ("dsm" + SDE).
+    """Trains a diffusion model (objective "diffusion" + NoiseSchedule), a score model ("dsm" + SDE) or a flow
+    model ("flow" + flow.RectifiedFlow, passed as sde=).
 
     model: any network called ``model(x, t, context=None)``. dataset: items ``(image [C, H, W], context)``
     or just ``image``. model_kwargs: the model's constructor kwargs, recorded so checkpoints can rebuild
@@ -174,6 +175,9 @@ class Trainer:
             raise ValueError("objective 'diffusion' needs schedule=NoiseSchedule(...)")
         if c.objective == "dsm" and sde is None:
             raise ValueError("objective 'dsm' needs sde=VESDE(...) / VPSDE(...) / SubVPSDE(...)")
+        if (c.objective == "flow") != (type(sde).__name__ == "RectifiedFlow"):
+            raise ValueError("objective 'flow' goes with sde=RectifiedFlow(...), and RectifiedFlow with "
+                             "objective 'flow'")
         if schedule is not None and not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         if len(dataset) == 0:
@@ -280,6 +284,9 @@ class Trainer:
         if c.objective == "diffusion":
             return diffusion_loss(self.train_model, x, self.schedule, c.prediction_type, context,
                                   c.loss_weighting, generator=generator)
+        if c.objective == "flow":
+            from .losses import flow_loss
+            return flow_loss(self.train_model, x, self.sde, context=context, generator=generator)
         from .losses import dsm_loss
         return dsm_loss(self.train_model, x, self.sde, t_min=c.dsm_t_min, context=context, generator=generator)
 
@@ -455,6 +462,10 @@ class Trainer:
             from .samplers import sample
             x = sample(self.ema.model, self.schedule, shape, sampler="ddim", steps=min(c.sample_steps, self.schedule.T),
                        context=contexts, prediction_type=c.prediction_type, generator=generator, progress=False)
+        elif c.objective == "flow":
+            from .flow import flow_sample
+            x = flow_sample(self.ema.model, self.sde, shape, steps=c.sample_steps, context=contexts,
+                            generator=generator)
         else:
             from .sde_samplers import sde_sample
             x = sde_sample(self.ema.model, self.sde, shape, steps=c.sample_steps, context=contexts,

@@ -22,7 +22,7 @@ from .schedule import PREDICTION_TYPES
 Decay = Literal["linear", "cosine", "constant"]
 DECAYS = ("linear", "cosine", "constant")
 MIXED_PRECISIONS = ("no", "bf16", "fp16", "auto")
-OBJECTIVES = ("diffusion", "dsm")
+OBJECTIVES = ("diffusion", "dsm", "flow")
 
 
 @dataclass
@@ -48,7 +48,8 @@ class TrainConfig:
     channels_last: bool = False           # NHWC memory layout (faster convolutions on recent GPUs)
     compile: bool = False                 # torch.compile the model for training
     seed: int = 0                         # seeds data order, noise, context dropout and sample grids
-    objective: str = "diffusion"          # "diffusion" (Ho et al., with a NoiseSchedule) | "dsm" (with an SDE)
+    objective: str = "diffusion"          # "diffusion" (Ho et al., with a NoiseSchedule) | "dsm" (with an SDE) |
+                                          # "flow" (flow matching, a velocity network, with sde=RectifiedFlow())
     prediction_type: str = "epsilon"      # the network's target: "epsilon" | "sample" | "v_prediction"
     loss_weighting: str = "none"          # "none" | "min_snr" (see losses.diffusion_loss)
     dsm_t_min: float = 1e-5               # smallest SDE time drawn by the dsm objective
