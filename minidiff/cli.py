@@ -267,6 +267,9 @@ def cmd_sample(args) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     want_gif = args.gif is not None
     if type(process).__name__ == "RectifiedFlow":                          # a flow-matching (velocity) model
+        for option, value in (("--eta", args.eta), ("--spacing", args.spacing)):
+            if value is not None:
+                raise ValueError(f"{option} applies to noise-schedule checkpoints; {args.checkpoint} is a flow model")
         from .flow import flow_sample
         result = flow_sample(model, process, shape, sampler=args.sampler or "euler", steps=args.steps or 10,
                              context=context, guidance_scale=args.guidance, generator=generator,

@@ -25,11 +25,12 @@ def model_classes() -> Dict[str, type]:
     from .nn.autoencoder import AutoEncoder
     from .nn.basic_unet import BasicUNet
     from .nn.context_unet import ContextUnet
+    from .nn.dit import DiT
     from .nn.score_unet import ConditionalScoreUNet, LatentScoreUNet, ResidualScoreUNet, ScoreUNet
     from .nn.unet2d import UNet2D
     return {"ContextUnet": ContextUnet, "ScoreUNet": ScoreUNet, "ResidualScoreUNet": ResidualScoreUNet,
             "ConditionalScoreUNet": ConditionalScoreUNet, "LatentScoreUNet": LatentScoreUNet,
-            "BasicUNet": BasicUNet, "UNet2D": UNet2D, "AutoEncoder": AutoEncoder}
+            "BasicUNet": BasicUNet, "UNet2D": UNet2D, "AutoEncoder": AutoEncoder, "DiT": DiT}
 
 
 def build_model(name: str, classes: Optional[Dict[str, type]] = None, **kwargs) -> nn.Module:

@@ -8,6 +8,7 @@
     autoencoder.py   AutoEncoder (+ variational option), reconstruction_loss
     basic_unet.py    BasicUNet, corrupt, naive_sample: the Hugging Face course's toy lesson
     unet2d.py        UNet2D: a configurable UNet (ResNet + attention levels, class embedding)
+    dit.py           DiT: a Diffusion Transformer (patches, adaLN-Zero blocks, a null class)
     inference.py     for_inference: BatchNorm folded into convolutions, GELU on the NHWC view
 
 Every network is called `model(x, t, context=None)` with `t` a float tensor [B] in (0, 1].
@@ -18,6 +19,7 @@ from .autoencoder import AutoEncoder, edge_loss, reconstruction_loss
 from .basic_unet import BasicUNet, corrupt, naive_sample
 from .blocks import ResidualConvBlock, ResnetBlock, UnetDown, UnetUp
 from .context_unet import ContextUnet
+from .dit import DiT, DiTBlock, patchify, unpatchify
 from .embeddings import (
     ContextTokens,
     Dense,
@@ -58,6 +60,10 @@ __all__ = [
     "corrupt",
     "naive_sample",
     "UNet2D",
+    "DiT",
+    "DiTBlock",
+    "patchify",
+    "unpatchify",
     "AttentionBlock",
     "fold_batchnorm",
     "for_inference",
