@@ -21,6 +21,8 @@ PROMISED = {
                                 "results.md"],
     "latent_diffusion": ["reconstructions.png", "samples.png", "autoencoder_loss.png", "loss.png", "results.md"],
     "few_step": ["teacher_vs_student.png", "few_step.md", "few_step.json"],
+    "flow_matching": ["classes_unet_eps.png", "classes_unet_flow.png", "classes_dit_eps.png", "classes_dit_flow.png",
+                      "trajectories.gif", "flow_matching.md", "flow_matching.json"],
     "pitfalls": ["no_noise.png", "random_shortcut.png", "attention_axis.png", "attention_no_scale.png",
                  "clip_latents.png", "raw_weights.png", "grid_off_by_one.png", "pitfalls.md"],
 }
