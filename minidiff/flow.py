@@ -265,7 +265,7 @@ def flow_log_likelihood(model, x: Tensor, *, context: Optional[Tensor] = None, t
         state = torch.cat([x.flatten(1), x.new_zeros(B, 1)], dim=1)             # [B, D + 1]
         state, nfe = ode.rk45(augmented, state, 0.0, 1.0, rtol=rtol, atol=atol)
     z = state[:, :D].reshape(x.shape)
-    logp = RectifiedFlow.prior_logp(RectifiedFlow(), z) + state[:, D]
+    logp = RectifiedFlow().prior_logp(z) + state[:, D]                         # log N(x(1); 0, I) + int div v dt
     return (logp, {"nfe": nfe, "z": z}) if return_info else logp
 
 
