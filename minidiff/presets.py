@@ -147,7 +147,7 @@ def build_run(run: dict, out_dir: Optional[str] = None) -> Run:
     if run.get("sde") is not None:
         from .sde import sde_from_config
         sde = sde_from_config(run["sde"])
-        train.setdefault("objective", "dsm")
+        train.setdefault("objective", "flow" if type(sde).__name__ == "RectifiedFlow" else "dsm")
     schedule = build_schedule(run["schedule"]) if sde is None and run.get("schedule") is not None else None
     spec = run["model"]
     if not isinstance(spec, dict) or "class" not in spec:
