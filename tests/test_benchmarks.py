@@ -296,3 +296,21 @@ def test_bench_training_smoke(tmp_path):
     data = _check_outputs(result, "bench_training", ["Training step"],
                           ["ms_per_step", "images_per_s", "gflops", "activations_mib", "state_mib"])
     assert {r["model"] for r in data["tables"]["Training step"]["rows"]} == {"context_unet", "score_unet"}
+
+
+def test_quality_per_minute_variants_change_one_thing_each_and_build():
+    from benchmarks import quality_per_minute as qpm
+    from minidiff.presets import PRESETS, build_run
+    base = PRESETS["quick"]
+    for name, variant in qpm.VARIANTS.items():
+        run = qpm.run_description(variant)
+        changed = [(section, key) for section in ("model", "schedule", "train")
+                   for key in set(run[section]) | set(base[section])
+                   if run[section].get(key) != base[section].get(key)]
+        changed += [("model", key) for key in run["model"]["kwargs"]
+                    if run["model"]["kwargs"][key] != base["model"]["kwargs"][key]]
+        changed = [c for c in changed if c != ("model", "kwargs")]
+        assert len({section for section, _ in changed}) <= 1 and (name == "base") == (not changed), name
+        built = build_run(run)
+        assert built.schedule is not None and built.config.steps == base["train"]["steps"]
+    assert PRESETS["quick"] == base                                  # the variants never edit the preset
