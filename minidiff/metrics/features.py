@@ -366,13 +366,16 @@ def folder_feature_extractor(folder, device="cpu", cache_dir: Optional[str] = No
         if progress:
             print(f"training a feature classifier on {folder.root} ({len(classes)} classes; cached at {path})")
         start = time.perf_counter()
-        classifier = train_classifier(config, train_images, targets, {"class": len(classes)}, progress)
+        classifier = train_classifier(config, train_images, targets, {"class": len(classes)})
         seconds = time.perf_counter() - start
         accuracy = None
         if heldout.any() and all(((labels == c) & heldout).any() for c in range(len(classes))):
             accuracy = float((classifier.predict(images[heldout]) == labels[heldout]).double().mean())
         classifier.info = {"heldout_accuracy": accuracy, "train_seconds": seconds}
         _save(path, key, config, classifier)
+        if progress:
+            print(f"  trained in {seconds:.1f} s ({config.epochs} epochs); held-out accuracy "
+                  f"{'n/a' if accuracy is None else f'{accuracy:.4f}'}")
     classifier.info.update(cache_path=path, config=config.to_dict(), classes=list(classes))
     classifier = classifier.to(device).eval()
     _LOADED[memo] = classifier
