@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 # re-exported, so that minidiff.checkpoint keeps every public name it had before the split
+from . import __version__
 from .file_io import (  # noqa: F401
     CheckpointError,
     PathLike,
@@ -45,6 +46,7 @@ from .file_io import (  # noqa: F401
 from .model_table import SDE_KEY, build_model, decode_kwargs, encode_kwargs, model_classes, model_spec  # noqa: F401
 from .rng_state import get_rng_state, set_rng_state  # noqa: F401
 from .schedule import PREDICTION_TYPES, NoiseSchedule
+from .sde import sde_from_config
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -53,7 +55,6 @@ def make_checkpoint(model: nn.Module, *, model_kwargs: Optional[dict] = None, sc
                     step: int = 0, rng: Optional[dict] = None, data: Optional[dict] = None,
                     train_config: Optional[dict] = None, class_names: Optional[list] = None) -> dict:
     """Assemble the checkpoint dict (see the module docstring). Tensors are copied to the CPU."""
-    from . import __version__
     return {
         "minidiff_version": __version__,
         "model": model_spec(model, model_kwargs),
@@ -266,7 +267,6 @@ def load_model(path: PathLike, ema: bool = True, device: Union[str, torch.device
 def schedule_or_sde_from_checkpoint(checkpoint: dict):
     """The NoiseSchedule or SDE the model was trained with (None if the file records neither)."""
     if checkpoint.get("sde") is not None:
-        from .sde import sde_from_config
         return sde_from_config(checkpoint["sde"])
     if checkpoint.get("schedule") is not None:
         return NoiseSchedule.from_config(checkpoint["schedule"])

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .schedule import PREDICTION_TYPES, NoiseSchedule, PredictionType, eps_from_x0, x0_eps_from_output
+from .tensors import per_sample
 
 
 def null_context_like(model, context: Tensor) -> Tensor:
@@ -94,5 +95,5 @@ class Denoiser:
         if self.dynamic_threshold is None:
             return x0.clamp(-1, 1)
         s = torch.quantile(x0.abs().flatten(1).float(), self.dynamic_threshold, dim=1).clamp(min=1.0)
-        s = s.to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))           # [B, 1, 1, 1]
+        s = per_sample(s.to(x0.dtype), x0)                             # [B, 1, 1, 1]
         return x0.clamp(-s, s) / s

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from .ode import rk45
-from .sde import SDE, _batch_time, _randn, check_t_min
+from .sde import SDE, check_t_min
+from .tensors import batch_time, randn
 
 TraceMethod = Literal["rademacher", "gaussian", "exact"]
 TRACE_METHODS = ("rademacher", "gaussian", "exact")
@@ -62,7 +63,7 @@ def log_likelihood(score_model, sde: SDE, x: Tensor, *, context: Optional[Tensor
     def augmented_drift(t: float, state: Tensor) -> Tensor:
         """d/dt of the state [x, int div] = [f_tilde(x, t), div f_tilde(x, t)], flattened to [B, D + 1]."""
         x_t = state[:, :D].reshape(x.shape)
-        t_batch = _batch_time(t, x_t)
+        t_batch = batch_time(t, x_t)
         with torch.enable_grad():
             x_t = x_t.detach().requires_grad_(True)
             drift = sde.probability_flow(x_t, t_batch, score_model(x_t, t_batch, context))   # Eq. 13
@@ -106,7 +107,7 @@ def dequantize_8bit(x: Tensor, generator: Optional[torch.Generator] = None) -> T
 
 def _probe(trace: str, x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
     """The Hutchinson probe: entries +-1 with equal probability ("rademacher") or N(0, 1) ("gaussian")."""
-    z = _randn(x.shape, generator, x.device, x.dtype)
+    z = randn(x.shape, generator, x.device, x.dtype)
     return z.sign() if trace == "rademacher" else z
 
 

@@ -23,8 +23,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from . import data
 from .model_table import build_model
 from .schedule import NoiseSchedule
+from .sde import sde_from_config
 from .train import TrainConfig
 
 _SPRITES_MODEL = {"class": "ContextUnet", "kwargs": {"in_channels": 3, "n_feat": 64, "n_cfeat": 5, "height": 16}}
@@ -145,7 +147,6 @@ def build_run(run: dict, out_dir: Optional[str] = None) -> Run:
         train["out_dir"] = out_dir
     sde = None
     if run.get("sde") is not None:
-        from .sde import sde_from_config
         sde = sde_from_config(run["sde"])
         train.setdefault("objective", "flow" if type(sde).__name__ == "RectifiedFlow" else "dsm")
     schedule = build_schedule(run["schedule"]) if sde is None and run.get("schedule") is not None else None
@@ -188,7 +189,6 @@ def build_dataset(values: dict):
     """procedural_sprites {n, seed} | sprites {root, n, seed} (course files, else procedural) |
     sprite_files {sprites_path, labels_path} | image_folder {root, size, channels, labelled, random_flip} |
     procedural_digits {n, seed, size}."""
-    from . import data
 
     values = dict(values)
     kind = values.pop("kind", None)

@@ -43,6 +43,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from . import __version__
 from .checkpoint import load_checkpoint, model_from_checkpoint, schedule_or_sde_from_checkpoint
 from .file_io import (
     CheckpointError,
@@ -55,7 +56,9 @@ from .file_io import (
     sha256_of,
 )
 from .model_table import build_model, decode_kwargs, model_spec
-from .schedule import NoiseSchedule
+from .samplers import SAMPLERS
+from .schedule import SPACINGS, NoiseSchedule
+from .sde import SDE, sde_from_config
 
 FORMAT, FORMAT_VERSION = "minidiff-pretrained", 2
 INDEX_NAME, WEIGHTS_NAME, EMA_WEIGHTS_NAME = "minidiff.json", "model.safetensors", "ema.safetensors"
@@ -76,7 +79,6 @@ def save_pretrained(model: nn.Module, schedule_or_sde: Any, folder: PathLike, *,
     `sampling`: how the model is meant to be sampled, {"sampler", "steps", "spacing"} (any of them), e.g. a
     distilled model's own grid; ``minidiff sample`` uses it when no --sampler/--steps/--spacing is given.
     """
-    from . import __version__
     spec = model_spec(model, model_kwargs)
     if spec["kwargs"] is None:
         raise CheckpointError(f"cannot save {spec['class']} to {os.fspath(folder)}: its constructor kwargs are "
@@ -136,8 +138,6 @@ def export_checkpoint(checkpoint_path: PathLike, folder: PathLike, ema: bool = T
 
 def check_sampling(sampling: Any, name: str) -> dict:
     """A sampling entry {"sampler": str, "steps": int >= 1, "spacing": str}, each optional; ValueError names it."""
-    from .samplers import SAMPLERS
-    from .schedule import SPACINGS
     if not isinstance(sampling, dict):
         raise ValueError(f"{name} must be a dict with keys sampler, steps, spacing, got {sampling!r}")
     unknown = set(sampling) - {"sampler", "steps", "spacing"}
@@ -155,7 +155,6 @@ def check_sampling(sampling: Any, name: str) -> dict:
 
 def _split_process(schedule_or_sde) -> Tuple[Optional[NoiseSchedule], Any]:
     """(schedule, None), (None, sde) or (None, None)."""
-    from .sde import SDE
     if schedule_or_sde is None or isinstance(schedule_or_sde, NoiseSchedule):
         return schedule_or_sde, None
     if isinstance(schedule_or_sde, SDE):
@@ -229,7 +228,7 @@ def load_pretrained(folder: PathLike, device: Union[str, torch.device] = "cpu",
     """
     index = read_index(folder)
     if index.get("pipeline") == "TextToImage":
-        from .text_to_image import TextToImage
+        from .text_to_image import TextToImage  # imported here: text_to_image.py imports this module
         pipe = TextToImage.load_pretrained(folder, device)
         return pipe, pipe.schedule
     index_path = os.path.join(os.fspath(folder), INDEX_NAME)
@@ -259,7 +258,6 @@ def _process_from_index(index: dict, index_path: str):
         raise CheckpointError(f"{index_path} records both a schedule and an SDE; keep one of them")
     try:
         if sde is not None:
-            from .sde import sde_from_config
             return sde_from_config(sde)
         if schedule is not None:
             return NoiseSchedule.from_config(schedule)

@@ -36,23 +36,18 @@ from tqdm.auto import tqdm
 from .checks import check_sampling_inputs
 from .guidance import Denoiser
 from .schedule import SPACINGS, NoiseSchedule, PredictionType
+from .tensors import randn
 
 Variance = Literal["beta", "posterior"]
 
 
-def _randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    """Standard normal noise shaped like x, drawn on the generator's device so seeds are portable."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
-
-
-def _alpha_bar(schedule: NoiseSchedule, i) -> float:
+def grid_alpha_bar(schedule: NoiseSchedule, i) -> float:
     """alpha_bar at grid point i: a table entry, or interpolated at a fractional ("karras") index."""
     return schedule.alphas_cumprod_list[i] if isinstance(i, int) else float(schedule.alpha_bar_at(i))
 
 
-def _next_alpha_bar(schedule: NoiseSchedule, timesteps: Sequence, k: int) -> float:
-    return _alpha_bar(schedule, timesteps[k + 1]) if k + 1 < len(timesteps) else 1.0
+def next_alpha_bar(schedule: NoiseSchedule, timesteps: Sequence, k: int) -> float:
+    return grid_alpha_bar(schedule, timesteps[k + 1]) if k + 1 < len(timesteps) else 1.0
 
 
 # ------------------------------------------------------------------------------------------ DDPM
@@ -75,7 +70,7 @@ def ddpm_step(x, x0_pred, alpha_bar: float, alpha_bar_next: float, generator=Non
     if alpha_bar_next == 1.0 or not add_noise:
         return mean
     noise_var = beta if variance == "beta" else beta * (1 - alpha_bar_next) / (1 - alpha_bar)
-    return mean + math.sqrt(noise_var) * _randn_like(x, generator)
+    return mean + math.sqrt(noise_var) * randn(x.shape, generator, x.device, x.dtype)
 
 
 def ddpm(denoise, x, schedule, timesteps, generator=None, callback=None,
@@ -83,7 +78,7 @@ def ddpm(denoise, x, schedule, timesteps, generator=None, callback=None,
     """Ancestral sampling, Ho et al. 2020, Algorithm 2: ddpm_step on every grid point."""
     timesteps = timesteps.tolist()
     for k, i in enumerate(timesteps):
-        alpha_bar, alpha_bar_next = _alpha_bar(schedule, i), _next_alpha_bar(schedule, timesteps, k)
+        alpha_bar, alpha_bar_next = grid_alpha_bar(schedule, i), next_alpha_bar(schedule, timesteps, k)
         x0_pred, _ = denoise(x, i, alpha_bar)
         x = ddpm_step(x, x0_pred, alpha_bar, alpha_bar_next, generator, variance, add_noise)
         if callback:
@@ -100,7 +95,7 @@ def ddim_step(x, x0_pred, eps_pred, alpha_bar: float, alpha_bar_next: float, eta
     direction = math.sqrt(max(1 - alpha_bar_next - noise_std**2, 0.0)) * eps_pred   # "direction pointing to x_t"
     x = math.sqrt(alpha_bar_next) * x0_pred + direction
     if noise_std > 0:
-        x = x + noise_std * _randn_like(x, generator)
+        x = x + noise_std * randn(x.shape, generator, x.device, x.dtype)
     return x
 
 
@@ -112,7 +107,7 @@ def ddim(denoise, x, schedule, timesteps, generator=None, callback=None, eta: fl
     """
     timesteps = timesteps.tolist()
     for k, i in enumerate(timesteps):
-        alpha_bar, alpha_bar_next = _alpha_bar(schedule, i), _next_alpha_bar(schedule, timesteps, k)
+        alpha_bar, alpha_bar_next = grid_alpha_bar(schedule, i), next_alpha_bar(schedule, timesteps, k)
         x0_pred, eps_pred = denoise(x, i, alpha_bar)
         x = ddim_step(x, x0_pred, eps_pred, alpha_bar, alpha_bar_next, eta, generator)
         if callback:
@@ -155,7 +150,7 @@ def dpmpp_2m(denoise, x, schedule, timesteps, generator=None, callback=None) -> 
     timesteps = timesteps.tolist()
     x0_older, h_older = None, None
     for k, i in enumerate(timesteps):
-        alpha_bar, alpha_bar_next = _alpha_bar(schedule, i), _next_alpha_bar(schedule, timesteps, k)
+        alpha_bar, alpha_bar_next = grid_alpha_bar(schedule, i), next_alpha_bar(schedule, timesteps, k)
         x0_pred, _ = denoise(x, i, alpha_bar)
         x, h_older = dpmpp_2m_step(x, x0_pred, alpha_bar, alpha_bar_next, x0_older, h_older)
         x0_older = x0_pred
@@ -192,7 +187,7 @@ def heun_step(x, x0_pred, x_euler, x0_pred_euler, alpha_bar: float, alpha_bar_ne
 def _karras_loop(denoise, x, schedule, timesteps, callback, second_order: bool) -> Tensor:
     timesteps = timesteps.tolist()
     for k, i in enumerate(timesteps):
-        alpha_bar, alpha_bar_next = _alpha_bar(schedule, i), _next_alpha_bar(schedule, timesteps, k)
+        alpha_bar, alpha_bar_next = grid_alpha_bar(schedule, i), next_alpha_bar(schedule, timesteps, k)
         x0_pred, _ = denoise(x, i, alpha_bar)
         x_next = euler_step(x, x0_pred, alpha_bar, alpha_bar_next)
         if second_order and alpha_bar_next < 1.0:
@@ -230,8 +225,8 @@ def ddim_invert(model, schedule: NoiseSchedule, x0: Tensor, steps: int = 50, con
     for k in tqdm(range(len(ascending)), disable=not progress, desc="ddim_invert"):
         # One step from alpha_bar (the previous grid point; 1.0 before the first) to alpha_bar_next. eps_pred is
         # read at the landing point (fractional on the "karras" grid), mirroring the sampler's use of eps(x_i).
-        alpha_bar = _alpha_bar(schedule, ascending[k - 1]) if k > 0 else 1.0
-        alpha_bar_next = _alpha_bar(schedule, ascending[k])
+        alpha_bar = grid_alpha_bar(schedule, ascending[k - 1]) if k > 0 else 1.0
+        alpha_bar_next = grid_alpha_bar(schedule, ascending[k])
         _, eps_pred = denoise(x, ascending[k], alpha_bar_next)
         x0_pred = (x - math.sqrt(1 - alpha_bar) * eps_pred) / math.sqrt(alpha_bar)
         x = math.sqrt(alpha_bar_next) * x0_pred + math.sqrt(1 - alpha_bar_next) * eps_pred
@@ -263,7 +258,7 @@ def sample(model, schedule: NoiseSchedule, shape, sampler: str = "ddim", steps: 
     Returns x0 samples [B, C, H, W]; with return_trajectory, (x0, trajectory) where trajectory is
     {"x": [x_T, x after each step], "x0_pred": [...], "timesteps": [...], "nfe": int}, tensors on the CPU.
     """
-    shape, timesteps = _check_arguments(schedule, shape, sampler, steps, spacing, eta, variance, guidance_scale,
+    shape, timesteps = check_sample_arguments(schedule, shape, sampler, steps, spacing, eta, variance, guidance_scale,
                                         context, dynamic_threshold, prediction_type, x_T)
     check_sampler_options(sampler, eta, variance, add_noise)
     device, dtype = _device_and_dtype(model, device, dtype, x_T)
@@ -313,7 +308,7 @@ def check_sampler_options(sampler: str, eta: float, variance: str, add_noise: bo
                              f"{'ddim' if name == 'eta' else 'ddpm'} uses it): leave it at {default!r}")
 
 
-def _check_arguments(schedule, shape, sampler, steps, spacing, eta, variance, guidance_scale, context,
+def check_sample_arguments(schedule, shape, sampler, steps, spacing, eta, variance, guidance_scale, context,
                      dynamic_threshold, prediction_type, x_T=None):
     """Every check of sample()'s arguments, with errors that name the argument; returns (shape, timesteps)."""
     if not isinstance(schedule, NoiseSchedule):
@@ -333,7 +328,8 @@ def _check_arguments(schedule, shape, sampler, steps, spacing, eta, variance, gu
         raise ValueError(f"dynamic_threshold must be a percentile in (0, 1), got {dynamic_threshold!r}")
     timesteps = schedule.timesteps(steps, spacing)
     first = timesteps[0].item()
-    if _alpha_bar(schedule, first) == 0 and (prediction_type == "epsilon" or sampler in ("dpmpp_2m", "euler", "heun")):
+    needs_x0_or_lambda = prediction_type == "epsilon" or sampler in ("dpmpp_2m", "euler", "heun")
+    if grid_alpha_bar(schedule, first) == 0 and needs_x0_or_lambda:
         raise ValueError(f"spacing {spacing!r} starts at step {first}, where alpha_bar = 0 (zero terminal "
                          f"SNR): sampler {sampler!r} with prediction_type {prediction_type!r} cannot start there "
                          f"(x0 or lambda_ is undefined). Use sampler 'ddim' or 'ddpm' with prediction_type "

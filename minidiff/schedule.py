@@ -27,6 +27,8 @@ from typing import Literal, Tuple, Union
 import torch
 from torch import Tensor
 
+from .tensors import per_sample
+
 Spacing = Literal["leading", "trailing", "linspace", "karras"]
 PredictionType = Literal["epsilon", "sample", "v_prediction"]
 SPACINGS = ("leading", "trailing", "linspace", "karras")
@@ -281,7 +283,7 @@ class NoiseSchedule:
         if ((i < 0) | (i >= self.T)).any():
             raise ValueError(f"step index i must lie in [0, T-1] = [0, {self.T - 1}], got min {i.min()} max {i.max()}")
         values = table[i].to(device=like.device, dtype=like.dtype if like.is_floating_point() else torch.float32)
-        return values.reshape(-1, *([1] * (like.ndim - 1)))
+        return per_sample(values, like)
 
 
 # -------------------------------------------------------------------- construction checks

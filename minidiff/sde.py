@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .schedule import PREDICTION_TYPES, NoiseSchedule, PredictionType, x0_eps_from_output
+from .tensors import per_sample, randn
 
 Time = Union[Tensor, float]
 
@@ -89,7 +90,7 @@ class SDE:
     def prior_sample(self, shape: Sequence[int], generator: Optional[torch.Generator] = None,
                      device=None, dtype: torch.dtype = torch.float32) -> Tensor:
         """z ~ N(0, prior_std^2 I) of the given shape (drawn on the generator's device, then moved to `device`)."""
-        return self.prior_std * _randn(tuple(shape), generator, device, dtype)
+        return self.prior_std * randn(tuple(shape), generator, device, dtype)
 
     def prior_logp(self, z: Tensor) -> Tensor:
         """log N(z; 0, prior_std^2 I) per sample: [B, ...] -> [B]."""
@@ -145,7 +146,7 @@ class VESDE(SDE):
     def sde(self, x, t):
         t = _check_time(t, x)
         g = self.scale * torch.exp(t * self.log_rate)              # g(t) = c r^t
-        return torch.zeros_like(x), _per_sample(g, x)
+        return torch.zeros_like(x), per_sample(g, x)
 
     def marginal_std(self, t):
         t = _check_time(t)
@@ -154,13 +155,13 @@ class VESDE(SDE):
 
     def marginal_prob(self, x0, t):
         t = _check_time(t, x0)
-        return x0, _per_sample(self.marginal_std(t), x0)           # mean x0, variance std(t)^2  (App. B)
+        return x0, per_sample(self.marginal_std(t), x0)           # mean x0, variance std(t)^2  (App. B)
 
     def discretize(self, x, t, dt):
         # The SMLD chain x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z  (Eq. 8): the exact increment
         t = _check_time(t, x)
         var_increment = self.marginal_std(t) ** 2 - self.marginal_std((t - dt).clamp(min=0)) ** 2
-        return torch.zeros_like(x), _per_sample(var_increment.clamp(min=0).sqrt(), x)
+        return torch.zeros_like(x), per_sample(var_increment.clamp(min=0).sqrt(), x)
 
 
 class VPSDE(SDE):
@@ -191,7 +192,7 @@ class VPSDE(SDE):
 
     def sde(self, x, t):
         t = _check_time(t, x)
-        beta = _per_sample(self.beta(t), x)
+        beta = per_sample(self.beta(t), x)
         return -0.5 * beta * x, beta.sqrt()
 
     def marginal_std(self, t):
@@ -200,13 +201,13 @@ class VPSDE(SDE):
 
     def marginal_prob(self, x0, t):
         t = _check_time(t, x0)
-        mean = _per_sample(torch.exp(self.log_mean_coeff(t)), x0) * x0   # App. B
-        return mean, _per_sample(self.marginal_std(t), x0)
+        mean = per_sample(torch.exp(self.log_mean_coeff(t)), x0) * x0   # App. B
+        return mean, per_sample(self.marginal_std(t), x0)
 
     def discretize(self, x, t, dt):
         # The DDPM chain x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z  (Eq. 10), with beta_i = beta(t) dt
         t = _check_time(t, x)
-        beta_step = _per_sample(self.beta(t) * dt, x)
+        beta_step = per_sample(self.beta(t) * dt, x)
         return (torch.sqrt(1 - beta_step) - 1) * x, beta_step.sqrt()
 
     def langevin_alpha(self, t, dt):
@@ -235,8 +236,8 @@ class SubVPSDE(SDE):
 
     def sde(self, x, t):
         t = _check_time(t, x)
-        beta = _per_sample(self.beta(t), x)
-        shrink = _per_sample(-torch.expm1(4 * self.log_mean_coeff(t)), x)   # 1 - e^{-2 int beta}
+        beta = per_sample(self.beta(t), x)
+        shrink = per_sample(-torch.expm1(4 * self.log_mean_coeff(t)), x)   # 1 - e^{-2 int beta}
         return -0.5 * beta * x, torch.sqrt(beta * shrink)
 
     def marginal_std(self, t):
@@ -245,8 +246,8 @@ class SubVPSDE(SDE):
 
     def marginal_prob(self, x0, t):
         t = _check_time(t, x0)
-        mean = _per_sample(torch.exp(self.log_mean_coeff(t)), x0) * x0    # App. B
-        return mean, _per_sample(self.marginal_std(t), x0)
+        mean = per_sample(torch.exp(self.log_mean_coeff(t)), x0) * x0    # App. B
+        return mean, per_sample(self.marginal_std(t), x0)
 
     def langevin_alpha(self, t, dt):
         return 1 - self.beta(_check_time(t)) * dt                        # as for the VP SDE (Algorithm 5)
@@ -293,7 +294,7 @@ class ScoreFromEps(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, context: Optional[Tensor] = None) -> Tensor:
         t = _check_time(t, x)
-        alpha_bar = _per_sample(self.alpha_bar(t).to(device=x.device, dtype=x.dtype), x)
+        alpha_bar = per_sample(self.alpha_bar(t).to(device=x.device, dtype=x.dtype), x)
         output = self.eps_model(x, t, context)                             # t_net = (i + 1) / T = t
         _, eps = x0_eps_from_output(output, x, alpha_bar, self.prediction_type)
         return -eps / torch.sqrt(1 - alpha_bar)                            # grad log p_t = -E[eps | x] / sqrt(1 - ab)
@@ -328,26 +329,6 @@ def _check_betas(beta_min: float, beta_max: float) -> Tuple[float, float]:
     if not (0 <= beta_min < beta_max < math.inf):
         raise ValueError(f"need 0 <= beta_min < beta_max, got beta_min={beta_min}, beta_max={beta_max}")
     return beta_min, beta_max
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _per_sample(v: Tensor, like: Tensor) -> Tensor:
-    """[B] -> [B, 1, ..., 1], to broadcast against like [B, ...]."""
-    return v.reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def _batch_time(t: float, like: Tensor) -> Tensor:
-    return torch.full((like.shape[0],), t, dtype=like.dtype, device=like.device)
-
-
-def _randn(shape, generator: Optional[torch.Generator], device=None, dtype=torch.float32) -> Tensor:
-    """Standard normal noise, drawn on the generator's device (for reproducibility) and moved to `device`."""
-    draw_on = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=draw_on, dtype=dtype).to(device)
 
 
 def check_t_min(t_min: float, eps: Optional[float] = None, where: str = "this function") -> float:

@@ -21,10 +21,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .checks import check_sampling_inputs
+from .checks import check_int, check_sampling_inputs
 from .guidance import guided_output
 from .ode import heun, rk45
-from .sde import SDE, _batch_time, _check_int, _per_sample, _randn, check_t_min
+from .sde import SDE, check_t_min
+from .tensors import batch_time, per_sample, randn
 
 
 class GuidedScore:
@@ -46,12 +47,12 @@ def euler_maruyama(score, sde: SDE, x: Tensor, ts: Sequence[float], generator=No
     """Euler–Maruyama on the reverse-time SDE (Eq. 6) over the grid ts (descending); no noise on the last step."""
     last = len(ts) - 2
     for k in tqdm(range(len(ts) - 1), desc="euler_maruyama", disable=not progress, leave=False):
-        t, h = _batch_time(ts[k], x), ts[k] - ts[k + 1]
+        t, h = batch_time(ts[k], x), ts[k] - ts[k + 1]
         s = score(x, t)
         drift, g = sde.reverse(x, t, s)
         x_next = x - drift * h                                             # dt = -h: time runs backwards
         if k < last:
-            x_next = x_next + g * math.sqrt(h) * _randn(x.shape, generator, x.device, x.dtype)
+            x_next = x_next + g * math.sqrt(h) * randn(x.shape, generator, x.device, x.dtype)
         if callback is not None:
             callback(_step_info(k, ts, x_next, sde.x0_from_score(x, t, s)))
         x = x_next
@@ -68,18 +69,18 @@ def predictor_corrector(score, sde: SDE, x: Tensor, ts: Sequence[float], generat
     """
     last = len(ts) - 2
     for k in tqdm(range(len(ts) - 1), desc="pc", disable=not progress, leave=False):
-        t, h = _batch_time(ts[k], x), ts[k] - ts[k + 1]
+        t, h = batch_time(ts[k], x), ts[k] - ts[k + 1]
         for _ in range(corrector_steps):                                   # Langevin corrector
             s = score(x, t)
-            z = _randn(x.shape, generator, x.device, x.dtype)
+            z = randn(x.shape, generator, x.device, x.dtype)
             ratio = z.flatten(1).norm(dim=1).mean() / s.flatten(1).norm(dim=1).mean().clamp(min=1e-30)
-            step = _per_sample(2 * sde.langevin_alpha(t, h) * (snr * ratio) ** 2, x)
+            step = per_sample(2 * sde.langevin_alpha(t, h) * (snr * ratio) ** 2, x)
             x = x + step * s + torch.sqrt(2 * step) * z
         f, G = sde.discretize(x, t, h)                                     # reverse-diffusion predictor
         s = score(x, t)
         x_next = x - f + G**2 * s
         if k < last:
-            x_next = x_next + G * _randn(x.shape, generator, x.device, x.dtype)
+            x_next = x_next + G * randn(x.shape, generator, x.device, x.dtype)
         if callback is not None:
             callback(_step_info(k, ts, x_next, sde.x0_from_score(x, t, s)))
         x = x_next
@@ -94,7 +95,7 @@ def probability_flow(score, sde: SDE, x: Tensor, ts: Sequence[float], generator=
     then it costs one more score call per step (the solvers' own calls are not at the step's start alone)."""
 
     def drift(t: float, y: Tensor) -> Tensor:
-        t_batch = _batch_time(t, y)
+        t_batch = batch_time(t, y)
         return sde.probability_flow(y, t_batch, score(y, t_batch))
 
     start = {"k": 0, "t": ts[0], "x": x}                                   # the accepted step's starting point
@@ -102,7 +103,7 @@ def probability_flow(score, sde: SDE, x: Tensor, ts: Sequence[float], generator=
     def on_step(t_next: float, y: Tensor) -> None:
         x0_pred = None
         if with_x0_pred:
-            t_batch = _batch_time(start["t"], y)
+            t_batch = batch_time(start["t"], y)
             x0_pred = sde.x0_from_score(start["x"], t_batch, score(start["x"], t_batch))
         callback({"step": start["k"], "t": start["t"], "t_next": t_next, "x": y, "x0_pred": x0_pred})
         start.update(k=start["k"] + 1, t=t_next, x=y)
@@ -149,8 +150,8 @@ def sde_sample(score_model, sde: SDE, shape: Sequence[int], method: Method = "eu
         raise ValueError(f"method must be one of {tuple(SDE_SAMPLERS)}, got {method!r}")
     if ode_solver not in ODE_SOLVERS:
         raise ValueError(f"ode_solver must be one of {ODE_SOLVERS}, got {ode_solver!r}")
-    _check_int("steps", steps, minimum=1)
-    _check_int("corrector_steps", corrector_steps, minimum=0)
+    check_int("steps", steps, minimum=1)
+    check_int("corrector_steps", corrector_steps, minimum=0)
     t_min = check_t_min(t_min, eps, "sde_sample")
     if not snr > 0:
         raise ValueError(f"snr must be > 0, got {snr}")

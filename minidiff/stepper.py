@@ -39,7 +39,7 @@ class Stepper:
                  spacing: str = "leading", prediction_type: PredictionType = "epsilon", eta: float = 0.0,
                  variance: S.Variance = "beta", add_noise: bool = True, clip_x0: bool = False,
                  dynamic_threshold: Optional[float] = None):
-        _, grid = S._check_arguments(schedule, (1, 1), sampler, steps, spacing, eta, variance, None, None,
+        _, grid = S.check_sample_arguments(schedule, (1, 1), sampler, steps, spacing, eta, variance, None, None,
                                      dynamic_threshold, prediction_type)
         S.check_sampler_options(sampler, eta, variance, add_noise)
         self.schedule, self.sampler, self.prediction_type = schedule, sampler, prediction_type
@@ -76,13 +76,13 @@ class Stepper:
             raise ValueError(f"i must be stepper.timesteps[{self._call}] = {self.timesteps[self._call]}, got {i!r}")
         k = self._call if self.sampler != "heun" else (self._call + 1) // 2   # index of i in the grid
         self._call += 1
-        alpha_bar = S._alpha_bar(self.schedule, i)
+        alpha_bar = S.grid_alpha_bar(self.schedule, i)
         x0_pred, eps_pred = self._convert.from_output(model_output, x, alpha_bar)
         if self.sampler == "heun" and self._first is not None:            # the correction at the repeated point
             x_start, x0_start, alpha_bar_start = self._first
             self._first = None
             return S.heun_step(x_start, x0_start, x, x0_pred, alpha_bar_start, alpha_bar)
-        alpha_bar_next = S._next_alpha_bar(self.schedule, self.grid, k)
+        alpha_bar_next = S.next_alpha_bar(self.schedule, self.grid, k)
         if self.sampler == "ddpm":
             return S.ddpm_step(x, x0_pred, alpha_bar, alpha_bar_next, generator, self.variance, self.add_noise_in_step)
         if self.sampler == "ddim":

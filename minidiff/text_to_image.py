@@ -33,7 +33,6 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Dict, Optional, Sequence, Union
 
 import torch
@@ -41,7 +40,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import __version__
+from .data.procedural import COLOR_NAMES, VOCABULARY, kind_to_class
+from .data.sprite_arrays import CLASS_NAMES
+from .file_io import CheckpointError, safe_torch_load
 from .model_table import build_model, decode_kwargs, model_spec
+from .pretrained import FORMAT, FORMAT_VERSION, INDEX_NAME, finite_weights, read_index, read_weights, write_folder
 from .samplers import sample
 from .schedule import NoiseSchedule
 from .text import TextEncoder, Tokenizer
@@ -145,7 +148,7 @@ class TextToImage:
         """A fresh, untrained pipeline (latent_scale 1 until measured). vocabulary: the sprites' words by default."""
         c = config if config is not None else TextToImageConfig()
         if vocabulary is None:
-            from .data import VOCABULARY as vocabulary
+            vocabulary = VOCABULARY
         tokenizer = Tokenizer(vocabulary, c.max_length)
         autoencoder = build_model("AutoEncoder", in_channels=3, latent_channels=c.latent_channels,
                                   variational=c.variational, channels=list(c.ae_channels))
@@ -219,7 +222,6 @@ class TextToImage:
         """Write a pretrained folder: minidiff.json (how to rebuild, plain JSON) and one safetensors file per
         network (unet, autoencoder, text_encoder), atomically as a whole (see pretrained.write_folder).
         ``md.load_pretrained`` and ``minidiff sample --checkpoint DIR --prompt ...`` read it."""
-        from .pretrained import FORMAT, FORMAT_VERSION, finite_weights, write_folder
         specs = {name: model_spec(part) for name, part in (("autoencoder", self.autoencoder), ("unet", self.unet))}
         for name, spec in specs.items():
             if spec["kwargs"] is None:
@@ -242,8 +244,6 @@ class TextToImage:
         """Rebuild a pipeline written by save_pretrained, in eval mode. Weights are read as in
         ``md.load_pretrained`` (safetensors, checksums); an older folder's config.json + weights.pt is read
         with torch.load(weights_only=True) only."""
-        from .file_io import CheckpointError, safe_torch_load
-        from .pretrained import INDEX_NAME, read_index, read_weights
         if not os.path.isfile(os.path.join(directory, INDEX_NAME)) and \
                 os.path.isfile(os.path.join(directory, OLD_CONFIG_NAME)):             # an older folder
             with open(os.path.join(directory, OLD_CONFIG_NAME)) as f:
@@ -279,18 +279,6 @@ class TextToImage:
 ATTRIBUTES = ("class", "kind", "color")   # what a sprite prompt can ask for and the sprite classifier can read
 
 
-@lru_cache(maxsize=None)
-def _kind_to_class() -> Dict[str, str]:
-    """{drawing word ("slime", "ring", "cat", ...): sprite class}, from the procedural sprites' bank.
-    "hero" is a hero, unless the prompt also says "side-facing" (see parse_sprite_prompt)."""
-    from .data.procedural import _bank
-    kinds: Dict[str, str] = {}
-    for class_name, entries in _bank().items():             # in CLASS_NAMES order: "hero" first
-        for entry in entries:
-            kinds.setdefault(entry.kind, class_name)
-    return kinds
-
-
 def parse_sprite_prompt(prompt: str) -> Dict[str, Optional[str]]:
     """What a sprite prompt asks for: {"class", "kind", "color"} -> names, None where it does not say.
 
@@ -301,9 +289,8 @@ def parse_sprite_prompt(prompt: str) -> Dict[str, Optional[str]]:
         "brown side-facing cat"          -> {"class": "side-facing", "kind": "cat", "color": "brown"}
         "ring spell"                     -> {"class": "spell", "kind": "ring", "color": None}
     """
-    from .data import COLOR_NAMES
     words = Tokenizer.split(prompt)
-    kinds = _kind_to_class()
+    kinds = kind_to_class()                                  # hero, unless the prompt says side-facing
     kind = next((w for w in words if w in kinds), None)
     cls = "side-facing" if "side-facing" in words else kinds.get(kind)
     color = next((w for w, after in zip(words, words[1:] + [""])
@@ -318,7 +305,6 @@ def score_prompt_images(images: Tensor, prompts: Sequence[str], classifier) -> D
     Returns {attribute: {"right": r, "asked": n, "rate": r / n}}: an image counts for an attribute
     only if its prompt names it (a prompt without a colour word is scored on class and kind only).
     """
-    from .data import CLASS_NAMES
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
     names = {"class": list(CLASS_NAMES), **classifier.info["vocabularies"]}   # head -> index -> name

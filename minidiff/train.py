@@ -45,6 +45,7 @@ from .losses import diffusion_loss
 from .model_table import model_spec
 from .rng_state import set_rng_state
 from .schedule import NoiseSchedule
+from .tensors import per_sample
 from .train_config import DECAYS, MIXED_PRECISIONS, OBJECTIVES, TrainConfig, lr_at, native_bf16, resolve_precision  # noqa: F401 (re-exported)
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -124,11 +125,11 @@ def drop_context(context: Optional[Tensor], p: float, generator: torch.Generator
     drop = torch.rand(context.shape[0], generator=generator) < p            # [B] bool
     drop = drop.to(context.device)
     if context.is_floating_point():
-        return context * (~drop).reshape(-1, *([1] * (context.ndim - 1))).to(context.dtype)
+        return context * per_sample(~drop, context).to(context.dtype)
     if null_id is None:
         raise ValueError("context dropout on integer class ids needs the model's null id "
                          "(a `null_id` or `num_classes` attribute); or set context_dropout=0")
-    drop = drop.reshape(-1, *([1] * (context.ndim - 1)))                    # [B, 1, ...]: whole samples
+    drop = per_sample(drop, context)                                        # [B, 1, ...]: whole samples
     return torch.where(drop, torch.full_like(context, int(null_id)), context)
 
 
@@ -483,9 +484,6 @@ class Trainer:
 
     def _class_names(self, k: int) -> list:
         names = self.dataset_class_names()
-        if names is None and self.example_context is not None and self.example_context.is_floating_point():
-            from .data.sprites import CLASS_NAMES, SpriteArrays
-            names = CLASS_NAMES if isinstance(self.dataset, SpriteArrays) else None
         return [str(names[i]) if names is not None and i < len(names) else str(i) for i in range(k)]
 
     # ------------------------------------------------------------------ checkpoints

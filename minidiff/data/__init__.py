@@ -19,7 +19,8 @@ from .procedural import (
     all_sprite_colors,
     sprite_structure_checks,
 )
-from .sprites import CLASS_NAMES, SpriteArrays, SpritesDataset, load_sprites
+from .sprite_arrays import CLASS_NAMES, SpriteArrays
+from .sprites import SpritesDataset, load_sprites
 
 __all__ = [
     "CLASS_NAMES", "COLOR_NAMES", "IMAGE_EXTENSIONS", "SYMMETRIC_CLASSES", "VOCABULARY",

@@ -29,15 +29,17 @@ samples of a trained model).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import product
 
 import numpy as np
 
+from ..file_io import atomic_write
 from . import sprite_art as art
 from .counter_rng import random_integers
-from .sprites import CLASS_NAMES, SpriteArrays
+from .sprite_arrays import CLASS_NAMES, COURSE_LABELS_FILE, COURSE_SPRITES_FILE, SpriteArrays
 
 COLOR_NAMES = tuple(art.COLORS)
 SYMMETRIC_CLASSES = ("hero", "non-hero", "spell")  # drawn exactly left-right symmetric
@@ -269,13 +271,19 @@ class ProceduralSprites(SpriteArrays):
 
     def save_course_files(self, directory: str):
         """Write the course's two .npy files (so the SpritesDataset code path can be tried)."""
-        import os
-
-        from ..file_io import atomic_write
-        from .sprites import COURSE_LABELS_FILE, COURSE_SPRITES_FILE
-
         for name, array in ((COURSE_SPRITES_FILE, self.images), (COURSE_LABELS_FILE, self.labels.astype(np.float64))):
             atomic_write(os.path.join(directory, name), lambda f, array=array: np.save(f, array))
+
+
+@lru_cache(maxsize=None)
+def kind_to_class() -> dict:
+    """{drawing word ("slime", "ring", "cat", ...): sprite class}: the class each kind of sprite is drawn for
+    (a kind in two classes maps to the first in CLASS_NAMES order: "hero" is a hero)."""
+    kinds = {}
+    for class_name, entries in _bank().items():             # in CLASS_NAMES order: "hero" first
+        for entry in entries:
+            kinds.setdefault(entry.kind, class_name)
+    return kinds
 
 
 def _caption_words():

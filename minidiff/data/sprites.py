@@ -20,49 +20,9 @@ import os
 import warnings
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from .convert import from_uint8_images
-
-CLASS_NAMES = ("hero", "non-hero", "food", "spell", "side-facing")
-COURSE_SPRITES_FILE = "sprites_1788_16x16.npy"
-COURSE_LABELS_FILE = "sprite_labels_nc_1788_16x16.npy"
-COURSE_SIZE = 89400  # images in the course's files
-
-
-class SpriteArrays(Dataset):
-    """Sprites held as arrays: ``images`` (N, H, W, 3) uint8 and ``labels`` (N, 5) float32 one-hot."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, null_context: bool = False):
-        self.images = images
-        self.labels = labels.astype(np.float32, copy=False)
-        self.null_context = null_context
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, k: int):
-        image = from_uint8_images(self.images[k][None])[0]  # [3, H, W] in [-1, 1]
-        context = torch.from_numpy(self.labels[k].copy())  # [5]
-        if self.null_context:
-            context = torch.zeros_like(context)
-        return image, context
-
-    @property
-    def class_ids(self) -> np.ndarray:
-        """(N,) int64: the index into CLASS_NAMES of each image."""
-        return self.labels.argmax(axis=1)
-
-    def tensors(self):
-        """The whole set at once: ``(images [N, 3, H, W] in [-1, 1], contexts [N, 5])``.
-
-        For small data sets it is faster to keep these on the GPU than to use a DataLoader.
-        """
-        contexts = torch.from_numpy(self.labels.copy())
-        if self.null_context:
-            contexts = torch.zeros_like(contexts)
-        return from_uint8_images(self.images), contexts
+from .procedural import ProceduralSprites
+from .sprite_arrays import CLASS_NAMES, COURSE_LABELS_FILE, COURSE_SIZE, COURSE_SPRITES_FILE, SpriteArrays
 
 
 def _load_npy(path: str, what: str) -> np.ndarray:
@@ -126,6 +86,4 @@ def load_sprites(root=None, n: int = COURSE_SIZE, seed: int = 0, null_context: b
             f"the course's sprite files are not in {root}; using ProceduralSprites({n}, seed={seed})",
             stacklevel=2,
         )
-    from .procedural import ProceduralSprites  # imported here: procedural.py imports this file
-
     return ProceduralSprites(n, seed=seed, null_context=null_context)

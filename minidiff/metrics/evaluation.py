@@ -31,6 +31,8 @@ samplers evaluated with the same seed start from the same x_T: their numbers dif
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import os
 import sys
@@ -40,7 +42,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..schedule import NoiseSchedule
+from .. import checkpoint as ckpt
+from ..data import ImageFolder, sprite_structure_checks, to_uint8_images
+from ..samplers import SAMPLERS, sample
+from ..schedule import SPACINGS, NoiseSchedule
 from .features import (
     NATIVE_SIZE,
     NUM_CLASSES,
@@ -108,7 +113,6 @@ def generate(model, schedule: NoiseSchedule, class_ids: Tensor, shape, sampler: 
     device: where the model is (default: its parameters' device). Returns (samples, nfe): samples on
     the CPU, nfe = network calls per image (a guided call counts once).
     """
-    from ..samplers import sample  # imported here: samplers imports a lot
     n = len(class_ids)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     x_T = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
@@ -147,7 +151,6 @@ def measure(samples: Tensor, class_ids: Optional[Tensor], real_images: Tensor, c
         "diversity": diversity(fake_feats), "diversity_real": diversity(real_feats),
     }
     if dataset == "sprites" and samples.shape[1] == 3:                # structure_palette, ..., structure_all
-        from ..data import sprite_structure_checks, to_uint8_images
         labels = class_ids if class_ids is not None else classifier.predict(samples)
         checks = sprite_structure_checks(to_uint8_images(samples), labels.numpy(), tolerance=structure_tolerance,
                                          min_fraction=structure_min_fraction)
@@ -230,7 +233,6 @@ def evaluate_checkpoint(path: str, n: int = 500, sampler: str = "ddim", steps: O
     checkpoint says it was trained on, when a built-in feature network knows it; otherwise a ValueError
     says how to measure it. Uses the EMA weights when the checkpoint has them. The `minidiff eval` command.
     """
-    from .. import checkpoint as ckpt
     checkpoint = ckpt.load_checkpoint(path)
     model = ckpt.model_from_checkpoint(checkpoint, ema=True, device=device, path=os.fspath(path))
     reference = None
@@ -273,7 +275,6 @@ def _trained_on(checkpoint: dict, model, path: str) -> str:
 
 def _reference_folder(root: str, model, class_names):
     """The labelled ImageFolder at `root`, read at the model's size and channels; its classes must be the model's."""
-    from ..data import ImageFolder
     size = getattr(model, "height", None) or getattr(model, "image_size", None)
     channels = getattr(model, "in_channels", 3)
     if size is None:
@@ -310,11 +311,7 @@ def format_report(results: dict) -> str:
 
 def main(argv=None) -> int:
     """``python -m minidiff eval --checkpoint X [--sampler ddim --steps 25 --guidance 2 --n 500 ...]``."""
-    import argparse
-    import json
 
-    from ..samplers import SAMPLERS
-    from ..schedule import SPACINGS
     p = argparse.ArgumentParser(prog="minidiff eval", description="sample-quality metrics of a checkpoint "
                                 "(Fréchet distance, class accuracy, precision/recall, diversity, sprite structure)")
     p.add_argument("--checkpoint", required=True, help="a minidiff checkpoint (discrete-time model)")

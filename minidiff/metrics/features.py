@@ -38,6 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data import COLOR_NAMES, ProceduralDigits, ProceduralSprites
+from ..file_io import atomic_torch_save  # temporary file + fsync + os.replace
+
 DATASETS = ("sprites", "digits", "folder")      # "folder": a labelled ImageFolder (folder_feature_extractor)
 NATIVE_SIZE = {"sprites": 16, "digits": 28}
 NUM_CLASSES = {"sprites": 5, "digits": 10}
@@ -151,7 +154,6 @@ class FeatureClassifier(nn.Module):
 # ---------------------------------------------------------------------------------- data
 def procedural_data(dataset: str, n: int, seed: int, image_size: Optional[int] = None):
     """ProceduralSprites or ProceduralDigits: (images [n, C, H, W] in [-1, 1], class ids [n], the data set object)."""
-    from ..data import ProceduralDigits, ProceduralSprites
     size = image_size if image_size is not None else NATIVE_SIZE[dataset]
     if dataset == "sprites":
         data = ProceduralSprites(n, seed=seed, size=size)
@@ -257,7 +259,6 @@ def feature_extractor(dataset: str = "sprites", device="cpu", cache_dir: Optiona
     images, class_ids, data = procedural_data(dataset, config.train_images, config.data_seed, config.image_size)
     vocabularies = {}
     if dataset == "sprites":
-        from ..data import COLOR_NAMES
         vocabularies = {"kind": sorted(set(data.kinds)), "color": list(COLOR_NAMES)}
     targets = _targets(dataset, class_ids, data, vocabularies)
     heads = {"class": NUM_CLASSES[dataset], **{name: len(words) for name, words in vocabularies.items()}}
@@ -307,7 +308,6 @@ def _chunked_logits(classifier: FeatureClassifier, images: Tensor, batch_size: i
 
 
 def _save(path: str, key: str, config: ClassifierConfig, classifier: FeatureClassifier) -> None:
-    from ..file_io import atomic_torch_save  # temporary file + fsync + os.replace
     atomic_torch_save({"format": CACHE_FORMAT, "key": key, "config": config.to_dict(),
                        "in_channels": classifier.in_channels, "heads": classifier.head_sizes,
                        "state_dict": classifier.state_dict(), "info": dict(classifier.info)}, path)

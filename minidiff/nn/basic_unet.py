@@ -24,6 +24,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..tensors import per_sample
+
 __all__ = ["BasicUNet", "corrupt", "naive_sample"]
 
 
@@ -55,7 +57,7 @@ def corrupt(x: Tensor, amount: Union[Tensor, float], noise: Optional[Tensor] = N
         raise ValueError(f"amount must be a float or a tensor of shape ({x.shape[0]},), got {tuple(amount.shape)}")
     if noise is None:
         noise = _uniform_noise(x.shape, value_range, generator, x.device, x.dtype)
-    amount = amount.view(-1, *([1] * (x.ndim - 1)))  # (B, 1, 1, 1): broadcast over C, H, W
+    amount = per_sample(amount, x)  # (B, 1, 1, 1): broadcast over C, H, W
     return x * (1 - amount) + noise * amount
 
 

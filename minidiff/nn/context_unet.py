@@ -9,6 +9,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..file_io import safe_torch_load
 from .blocks import ResidualConvBlock, UnetDown, UnetUp
 from .embeddings import EmbedFC, as_time_batch
 
@@ -161,7 +162,6 @@ class ContextUnet(nn.Module):
         if shortcut not in ("zero", "random"):
             raise ValueError(f"shortcut must be 'zero' or 'random', got {shortcut!r}")
         if isinstance(source, (str, os.PathLike)):
-            from ..file_io import safe_torch_load
 
             state = safe_torch_load(source, what="course state_dict")
             where = os.fspath(source)
