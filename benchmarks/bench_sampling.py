@@ -16,7 +16,7 @@ GFLOP/s counts the network's matmul and convolution FLOPs per step (torch.utils.
 "% of peak" divides by the device's peak probed in the same run, in the mode's dtype: the faster of
 a large matmul and a large 3x3 convolution (common.device_peaks).
 
-The "Targets" table (issue 8) comes first in the report; each row says what was measured, the
+The "Targets" table comes first in the report; each row says what was measured, the
 limit, and whether it holds (or why it was not run). How each is measured:
   * sampler overhead: md.sample's per-step time with a do-nothing network (returns its input: the
     sampler's own elementwise work, the time tensor, the callback) divided by md.sample's per-step
@@ -73,7 +73,7 @@ QUALITY_COLUMNS = [("device", "device"), ("model", "model"), ("n", "samples"), (
                    ("holds", "within noise")]
 TARGET_COLUMNS = [("target", "target"), ("measured", "measured"), ("limit", "limit"), ("holds", "holds"),
                   ("how", "how measured")]
-REFERENCE_GFLOP = 0.301                                    # issue 8: course ContextUnet, GFLOP/image/forward
+REFERENCE_GFLOP = 0.301                                    # the course's ContextUnet, GFLOP/image/forward
 QUICK_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "outputs", "sprites_quick", "checkpoint.pt")
 
@@ -313,7 +313,7 @@ def run(devices=("cpu", "cuda"), batches=(1, 32, 256, 1024), modes=None, sampler
     """Run the benchmark on every device present; write results/bench_sampling.{md,json}; return
     {"rows", "baseline", "overhead", "quality", "targets", "notes", "md", "json"}.
 
-    target_batch: the batch of the issue-8 targets (sampler overhead, the fast mode vs the course).
+    target_batch: the batch of the speed targets (sampler overhead, the fast mode vs the course).
     quality*: the fast-mode sample-quality check (fast_quality); quality_features replaces the sprite
     feature classifier (the tests)."""
     devices, notes = common.available_devices(devices)
@@ -379,7 +379,7 @@ def _pct(value: float) -> str:
 
 def targets(devices, rows, baseline_rows, overhead_rows, quality_rows, flops_per_image, n_feat, fast_notes,
             target_batch, baseline=True, quality=True) -> List[dict]:
-    """Issue 8's targets, one row each: target, measured, limit, holds ("yes", "no ..." or "not run: why"), how."""
+    """The speed targets, one row each: target, measured, limit, holds ("yes", "no ..." or "not run: why"), how."""
     out = []
     no_gpu = "not run: no GPU on this machine"
 
@@ -531,7 +531,7 @@ def bench_batch(network, x_T, modes, samplers, peaks, budget_s, repeats, quick, 
 def write(rows, baseline_rows, notes, peaks, settings, out_dir, overhead_rows=(), quality_rows=(),
           target_rows=()) -> dict:
     target_table = common.Table("Targets", TARGET_COLUMNS, list(target_rows), notes=[
-        "Issue 8's targets. holds: yes / no / not run (why). Speed numbers on a shared CPU move by several per cent "
+        "The speed targets. holds: yes / no / not run (why). Speed numbers on a shared CPU move by several per cent "
         "between runs: read the ± noise and the load average above.",
         f"Speed rows: the course config, ContextUnet n_feat={settings['model'].split('n_feat=')[1].split(',')[0]}, "
         "random weights. Fast-mode quality: the model named in its row (the quick preset's trained checkpoint, "
@@ -550,7 +550,7 @@ def write(rows, baseline_rows, notes, peaks, settings, out_dir, overhead_rows=()
                                                for d, p in peaks.items()),
         "CUDA speed-up: the CPU row's ms/step / the CUDA row's, same mode, sampler and batch."])
     ratio_notes = ["The course's sampling loop as published (benchmarks/course_baseline.py) vs md.sample on the "
-                   "same network, x_T and steps, eager fp32, repeats interleaved. Target on CPU (issue 8): "
+                   "same network, x_T and steps, eager fp32, repeats interleaved. Target on CPU: "
                    "ratio <= 1.0, "
                    "read with its ± noise (half the spread of the per-repeat ratios) in the Targets table; rows "
                    "above 1.05 are flagged ABOVE TARGET below.",

@@ -6,7 +6,7 @@
     python benchmarks/run_all.py --quick --only sampling --threads 1
 
 Each benchmark still writes its own results/NAME.md and NAME.json; summary.md concatenates them,
-after issue 8's Targets table (taken from bench_sampling.md) at the top.
+after the Targets table (taken from bench_sampling.md) at the top.
 """
 
 from __future__ import annotations
@@ -75,13 +75,13 @@ def main(argv=None) -> int:
     for name in names:
         with open(os.path.join(args.out, f"bench_{name}.md")) as f:
             sections[name] = f.read().splitlines()
-    if "sampling" in sections:        # issue 8's Targets table first; the sampling section points up to it
+    if "sampling" in sections:        # the Targets table first; the sampling section points up to it
         targets, sections["sampling"] = split_section(sections["sampling"], "## Targets")
         parts += targets + [""] if targets else []
         if targets:
             at = next((i for i, line in enumerate(sections["sampling"]) if line.startswith("## ")),
                       len(sections["sampling"]))
-            sections["sampling"][at:at] = ["(The Targets table of this run is at the top of this file.)", ""]
+            sections["sampling"][at:at] = ["(The Targets table is at the top of this file.)", ""]
     for name in names:
         parts += ["#" + line if line.startswith("#") else line for line in sections[name]]   # one level down
         parts.append("")

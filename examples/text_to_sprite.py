@@ -96,7 +96,7 @@ PRESETS = {
 }
 KL_WEIGHT = 1e-3            # weight of the KL term per latent entry against the per-pixel reconstruction loss
 GUIDANCE_SCALES = (0.0, 1.0, 3.0)  # fidelity is measured at each; 0 = unconditional, 1 = conditional
-TARGET_RATE, TARGET_SCALE = 0.9, 3.0  # issue 11: class and main colour right >= 90 % of the time at w = 3
+TARGET_RATE, TARGET_SCALE = 0.9, 3.0  # the goal: class and main colour right >= 90 % of the time at w = 3
 
 
 def build_pipeline(c: TextToImageConfig, seed: int) -> TextToImage:

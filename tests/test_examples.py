@@ -1,4 +1,4 @@
-"""Every example of issue 5 (items 2-6) runs with --preset smoke and writes the files it promises.
+"""Every lesson example runs with --preset smoke and writes the files it promises.
 
 The examples are called in-process through main(argv) (faster than a subprocess); each writes into a
 temporary folder, and every image it promises must exist and hold finite, non-constant pixels.

@@ -22,9 +22,25 @@ def test_quickstart_runs_as_written(tmp_path, monkeypatch):
     assert (tmp_path / "sprites.png").stat().st_size > 0
 
 
+def section(title: str) -> str:
+    return readme().split(f"## {title}\n")[1].split("\n## ")[0]
+
+
 def test_architecture_map_names_real_files():
-    section = readme().split("## Architecture")[1].split("\n## ")[0]
-    for path in re.findall(r"^\| `([^`]+)`", section, re.M):
-        for part in path.replace("`", "").split(", "):
-            candidates = [part, os.path.join("minidiff/nn", part)]
-            assert any(os.path.exists(os.path.join(ROOT, c)) for c in candidates), f"README names missing {part}"
+    rows = re.findall(r"^\| `([^`]+(?:`, `[^`]+)*)`", section("Architecture"), re.M)
+    assert len(rows) >= 20, f"the architecture map has {len(rows)} rows"
+    for row in rows:
+        first, *others = row.split("`, `")
+        for part in [first] + [os.path.join(os.path.dirname(first), other) for other in others]:
+            assert os.path.exists(os.path.join(ROOT, part)), f"README names missing {part}"
+
+
+def test_performance_section_is_a_reference_not_a_run_log():
+    """Each table says the command that reproduces it; no run-log wording, no tracker numbers."""
+    text = section("Performance")
+    assert not re.search(r"this run|previous run|runs? today|issue \d", text, re.I)
+    tables = re.findall(r"((?:^[^|\n].*\n)+)\n?((?:^\|.*\n)+)", text, re.M)     # (the paragraph above, the table)
+    assert len(tables) >= 2
+    for above, table in tables:
+        assert len(table.splitlines()) >= 3, table                                       # header, rule, a row
+        assert re.search(r"`(python benchmarks/\w+\.py|make bench)", above), f"no command above:\n{table}"
