@@ -80,7 +80,6 @@ PRESETS = {
 SECTIONS = ("preset", "description", "model", "schedule", "sde", "data", "train")
 SCHEDULE_KINDS = {"course": NoiseSchedule.course, "linear": NoiseSchedule.linear,
                   "scaled_linear": NoiseSchedule.scaled_linear, "cosine": NoiseSchedule.cosine}
-DATA_KINDS = ("procedural_sprites", "sprites", "sprite_files", "image_folder", "procedural_digits")
 CLASS_COUNT_KWARGS = ("n_cfeat", "num_class_embeds", "num_classes")   # ContextUnet, UNet2D, score UNets
 
 

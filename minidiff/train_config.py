@@ -16,10 +16,12 @@ from typing import Literal, Optional
 
 import torch
 
-from .losses import WEIGHTINGS
-from .schedule import PREDICTION_TYPES
+from .losses import WEIGHTINGS, Weighting
+from .schedule import PREDICTION_TYPES, PredictionType
 
 Decay = Literal["linear", "cosine", "constant"]
+MixedPrecision = Literal["no", "bf16", "fp16", "auto"]
+Objective = Literal["diffusion", "dsm", "flow"]
 DECAYS = ("linear", "cosine", "constant")
 MIXED_PRECISIONS = ("no", "bf16", "fp16", "auto")
 OBJECTIVES = ("diffusion", "dsm", "flow")
@@ -35,7 +37,7 @@ class TrainConfig:
     grad_accum_steps: int = 1             # micro-batches per process per step (same result, less memory)
     lr: float = 1e-3                      # peak learning rate (the course: 1e-3)
     warmup_steps: int = 0                 # linear warm-up from lr/warmup to lr over these steps
-    decay: str = "linear"                 # after warm-up: "linear" to min_lr (the course) | "cosine" | "constant"
+    decay: Decay = "linear"               # after warm-up: "linear" to min_lr (the course) | "cosine" | "constant"
     min_lr: float = 0.0                   # the learning rate reached at the last step
     weight_decay: float = 0.0             # AdamW's decoupled weight decay
     adam_betas: tuple = (0.9, 0.999)      # AdamW's moment decay rates
@@ -43,15 +45,15 @@ class TrainConfig:
     ema_decay: float = 0.999              # EMA weights: ema = d * ema + (1 - d) * w after every step
     ema_warmup: bool = True               # use d_k = min(ema_decay, (1 + k) / (10 + k)) early on
     context_dropout: float = 0.1          # probability of replacing a sample's context by "no context"
-    mixed_precision: str = "no"           # "no" | "bf16" | "fp16" autocast (fp16 with a GradScaler; CUDA) |
+    mixed_precision: MixedPrecision = "no"  # "no" | "bf16" | "fp16" autocast (fp16 with a GradScaler; CUDA) |
                                           # "auto": bf16 where the device computes it natively, else "no"
     channels_last: bool = False           # NHWC memory layout (faster convolutions on recent GPUs)
     compile: bool = False                 # torch.compile the model for training
     seed: int = 0                         # seeds data order, noise, context dropout and sample grids
-    objective: str = "diffusion"          # "diffusion" (Ho et al., with a NoiseSchedule) | "dsm" (with an SDE) |
+    objective: Objective = "diffusion"    # "diffusion" (Ho et al., with a NoiseSchedule) | "dsm" (with an SDE) |
                                           # "flow" (flow matching, a velocity network, with sde=RectifiedFlow())
-    prediction_type: str = "epsilon"      # the network's target: "epsilon" | "sample" | "v_prediction"
-    loss_weighting: str = "none"          # "none" | "min_snr" (see losses.diffusion_loss)
+    prediction_type: PredictionType = "epsilon"  # the network's target: "epsilon" | "sample" | "v_prediction"
+    loss_weighting: Weighting = "none"    # "none" | "min_snr" (see losses.diffusion_loss)
     dsm_t_min: float = 1e-5               # smallest SDE time drawn by the dsm objective
     log_every: int = 50                   # write a row to loss.csv (and redraw loss.png) this often
     sample_every: int = 0                 # write a sample grid this often (0: only at the end if > 0 steps)

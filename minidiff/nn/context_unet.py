@@ -135,10 +135,10 @@ class ContextUnet(nn.Module):
         cemb2 = rearrange(self.contextembed2(context), "b c -> b c 1 1")  # (B, n, 1, 1)
         temb2 = rearrange(self.timeembed2(t), "b c -> b c 1 1")  # (B, n, 1, 1)
 
-        up1 = self.up0(hiddenvec)  # (B, 2n, h/4, h/4)
-        up2 = self.up1(cemb1 * up1 + temb1, down2)  # (B, n, h/2, h/2)
-        up3 = self.up2(cemb2 * up2 + temb2, down1)  # (B, n, h, h)
-        return self.out(torch.cat((up3, x), dim=1))  # (B, in_channels, h, h)
+        up0 = self.up0(hiddenvec)  # (B, 2n, h/4, h/4)
+        up1 = self.up1(cemb1 * up0 + temb1, down2)  # (B, n, h/2, h/2)
+        up2 = self.up2(cemb2 * up1 + temb2, down1)  # (B, n, h, h)
+        return self.out(torch.cat((up2, x), dim=1))  # (B, in_channels, h, h)
 
     @classmethod
     def from_course(

@@ -35,8 +35,6 @@ __all__ = ["UNet2D", "AttentionBlock", "ScaleShiftResnetBlock", "Downsample", "U
 BlockType = Literal["plain", "attention"]
 BLOCK_TYPES = ("plain", "attention")
 
-COURSE_PARAMETERS = 1_707_009  # diffusers' UNet2DModel at the course's config (unit 1), for comparison
-
 
 class ScaleShiftResnetBlock(ResnetBlock):
     """ResnetBlock whose time embedding scales and shifts the normalised features (FiLM).
