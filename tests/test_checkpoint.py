@@ -179,5 +179,6 @@ def test_every_network_in_the_table_round_trips_with_default_kwargs(tmp_path):
         ckpt.save_checkpoint(tmp_path / f"{name}.pt", model)
         loaded = ckpt.load_model(tmp_path / f"{name}.pt")
         assert type(loaded).__name__ == name
+        assert list(model.state_dict()) == list(loaded.state_dict())
         for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
             assert torch.equal(a, b)

@@ -96,6 +96,7 @@ def test_two_gloo_processes_match_each_other_and_single_process_training(tmp_pat
     for name, w in rank0["ema"].items():
         torch.testing.assert_close(w, single["ema"][name], rtol=1e-5, atol=1e-6)
     # the logged loss is the mean over ranks, equal to the single-process mean over its 2 shards
+    assert len(rank0["history"]) == len(single["history"]) > 0
     for (step_a, loss_a, _), (step_b, loss_b, _) in zip(rank0["history"], single["history"]):
         assert step_a == step_b and loss_a == pytest.approx(loss_b, rel=1e-5)
     # only rank 0 wrote the checkpoint and the log

@@ -179,6 +179,7 @@ def test_cache_hit_returns_identical_weights_without_training(tmp_path, monkeypa
     clear_memory_cache()
     second = feature_extractor("sprites", cache_dir=str(tmp_path), config=TINY, progress=False)
     assert second is not first
+    assert list(first.state_dict()) == list(second.state_dict())
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
         assert torch.equal(a, b), name
     assert second.info["heldout_accuracy"] == first.info["heldout_accuracy"]
@@ -202,6 +203,7 @@ def test_training_is_deterministic_and_a_corrupt_cache_is_retrained(tmp_path, ca
     with pytest.warns(UserWarning, match="unreadable"):
         b = feature_extractor("sprites", cache_dir=str(tmp_path / "a"), config=TINY, progress=True)
     assert "held-out accuracy" in capsys.readouterr().out
+    assert list(a.state_dict()) == list(b.state_dict())
     for (name, wa), (_, wb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(wa, wb), name
     assert torch.load(path, weights_only=True)["format"] == features_module.CACHE_FORMAT   # rewritten, safely

@@ -133,6 +133,7 @@ def test_resume_with_flips_is_bit_exact(tmp_path):
     resumed = Trainer.resume(tmp_path / "run" / "checkpoint.pt", ImageFolder(root, size=16))
     resumed.fit()
     assert resumed.step == 8
+    assert list(full.model.state_dict()) == list(resumed.model.state_dict())
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
 

@@ -87,6 +87,7 @@ def test_ema_update_is_decay_times_ema_plus_one_minus_decay_times_weights():
         for p in model.parameters():
             p.add_(torch.randn_like(p))
     ema.update(model, decay=0.9)
+    assert len(list(ema.model.parameters())) == len(before) == len(list(model.parameters())) > 0
     for e, e0, w in zip(ema.model.parameters(), before, model.parameters()):
         torch.testing.assert_close(e, 0.9 * e0 + 0.1 * w)
     assert not any(p.requires_grad for p in ema.model.parameters())
@@ -116,6 +117,8 @@ def test_shard_generators_differ_by_step_and_shard_and_repeat_exactly():
 
 # ------------------------------------------------------------------------------------------ resume
 def _assert_same_state(a: Trainer, b: Trainer):
+    assert list(a.model.state_dict()) == list(b.model.state_dict())
+    assert list(a.ema.model.state_dict()) == list(b.ema.model.state_dict())
     for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(x, y), name
     for x, y in zip(a.ema.model.state_dict().values(), b.ema.model.state_dict().values()):
@@ -241,6 +244,7 @@ def test_bf16_autocast_and_channels_last_on_cpu():
 def test_torch_compile_trains_like_eager():
     eager = tiny_trainer(steps=3, context_dropout=0.0).fit()
     compiled = tiny_trainer(steps=3, context_dropout=0.0, compile=True).fit()
+    assert len(list(eager.model.parameters())) == len(list(compiled.model.parameters()))
     for a, b in zip(eager.model.parameters(), compiled.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
