@@ -377,98 +377,128 @@ def _pct(value: float) -> str:
     return f"{value:.2f}%" if abs(value) < 10 else f"{value:.1f}%"
 
 
-def targets(devices, rows, baseline_rows, overhead_rows, quality_rows, flops_per_image, n_feat, fast_notes,
-            target_batch, baseline=True, quality=True) -> List[dict]:
-    """The speed targets, one row each: target, measured, limit, holds ("yes", "no ..." or "not run: why"), how."""
-    out = []
-    no_gpu = "not run: no GPU on this machine"
+class TargetTable(list):
+    """The rows of the Targets table: target, measured, limit, holds ("yes", "no ..." or "not run: why"), how."""
 
-    def add(target, measured, limit, holds, how, value=None, limit_value=None):
+    def add(self, target, measured, limit, holds, how, value=None, limit_value=None):
         if isinstance(holds, bool):
             holds = "yes" if holds else "no"
-        out.append({"target": target, "measured": measured, "limit": limit, "holds": holds, "how": how,
-                    "value": value, "limit_value": limit_value})
+        self.append({"target": target, "measured": measured, "limit": limit, "holds": holds, "how": how,
+                     "value": value, "limit_value": limit_value})
 
+
+def targets(devices, rows, baseline_rows, overhead_rows, quality_rows, flops_per_image, n_feat, fast_notes,
+            target_batch, baseline=True, quality=True) -> List[dict]:
+    """The speed targets, one row each (see TargetTable): the CPU ones, the GPU ones, the network's FLOPs."""
+    table = TargetTable()
     for device in [d for d in devices if d == "cpu"] or ["cpu"]:
         ran = device in devices
         why = "not run: " + ("CPU not requested" if not ran else "--no-baseline (the course comparison was skipped)")
-        # 1. sampler overhead outside the network
-        for row in [r for r in overhead_rows if r["device"] == device] or [None]:
-            if row is None:
-                add(f"{device}: sampler overhead outside the network, batch {target_batch}", "-", "<= 5% of the step",
-                    why, "-")
-                continue
-            add(f"{device}: sampler overhead outside the network, {row['sampler']} batch {row['batch']}",
-                f"{_pct(row['overhead_percent'])} ({row['null_step_us']:.1f} us of {row['step_ms']:.2f} ms/step; "
-                f"(step - forward) / step: {_pct(row['overhead_percent_forward'])})",
-                "<= 5% of the step", row["overhead_percent"] <= 5.0,
-                "md.sample per-step time with a do-nothing network / with the real ContextUnet, same batch; "
-                "the second number: md.sample step vs the bare network forward, interleaved (noisier)",
-                row["overhead_percent"], 5.0)
-            add(f"{device}: md.Stepper loop overhead outside the network, {row['sampler']} batch {row['batch']}",
-                f"{_pct(row['stepper_overhead_percent'])} ({row['stepper_null_step_us']:.1f} us of "
-                f"{row['step_ms']:.2f} ms/step)", "<= 5% of the step", row["stepper_overhead_percent"] <= 5.0,
-                "a hand-written loop over md.Stepper with a do-nothing network / md.sample's step with the real "
-                "ContextUnet, same batch", row["stepper_overhead_percent"], 5.0)
-        # 2. fp32 vs the course's loop
-        fp32 = [r for r in baseline_rows if r["device"] == device and r["mode"] == "eager"
-                and r["model"].startswith("ContextUnet")]
-        if not fp32:
-            add(f"{device}: fp32 md.sample >= 1.0x the course loop", "-", "minidiff / course <= 1.0", why, "-")
-        for r in fp32:
-            ok = r["ratio"] <= 1.0
-            holds = "yes" if ok else ("no (within the noise)" if r["ratio"] - r["ratio_noise"] <= 1.0 else "no")
-            add(f"{device}: fp32 md.sample vs the course loop, {r['sampler']} batch {r['batch']}",
-                f"minidiff / course = {r['ratio']:.3f} ± {r['ratio_noise']:.3f}", "<= 1.0", holds,
-                "'minidiff vs the course's loop' row: same network, x_T, steps, interleaved repeats; ± = half the "
-                "spread of the per-repeat ratios", r["ratio"], 1.0)
-        # 3. fast mode vs the course's fp32 loop
-        fast_rows = [r for r in baseline_rows if r["device"] == device and r["mode"] == "fast"]
-        if not fast_rows:
-            add(f"{device}: fast mode >= 1.8x the course loop (fp32), batch {target_batch}", "-",
-                "course / minidiff >= 1.8", why, "-")
-        for r in fast_rows:
-            clean = next((b for b in fp32 if b["sampler"] == r["sampler"] and b["batch"] == r["batch"]), None)
-            clean_speedup = clean["course_ms_per_step"] / r["minidiff_ms_per_step"] if clean else None
-            r["speedup_vs_fp32_row_course"] = clean_speedup
-            value = min(r["speedup"], clean_speedup) if clean_speedup else r["speedup"]
-            measured = f"{value:.2f}x (interleaved: {r['speedup']:.2f}x"
-            measured += f"; vs the fp32 row's course time: {clean_speedup:.2f}x)" if clean_speedup else ")"
-            add(f"{device}: fast mode vs the course loop (fp32), {r['sampler']} batch {r['batch']}", measured,
-                ">= 1.8x", value >= 1.8,
-                f"md.sample with modes.wrap(net, 'fast') [{fast_notes.get(device, '?')}] vs the course's fp32 loop, "
-                "same network, x_T, steps; the smaller of the interleaved speed-up and the one against the course "
-                "time measured before any bf16 ran", value, 1.8)
-        # 4. fast mode sample quality
-        q = next((r for r in quality_rows if r["device"] == device), None)
-        if q is None:
-            add(f"{device}: fast mode leaves sample quality unchanged", "-", "FD(fp32, fast) <= FD noise floor",
-                "not run: " + ("--no-quality" if not quality else "CPU not requested"), "-")
-        else:
-            extra = ""
-            if q.get("class_accuracy_fp32") is not None:
-                extra = f"; class accuracy fp32 {q['class_accuracy_fp32']:.3f}, fast {q['class_accuracy_fast']:.3f}"
-            add(f"{device}: fast mode leaves sample quality unchanged ({q['n']} samples, {q['sampler']})",
-                f"FD(fp32, fast) {q['fd_fp32_vs_fast']:.4g} vs FD(fp32, fp32 other x_T) "
-                f"{q['fd_fp32_vs_fp32_other_seed']:.4g}; max |diff| {q['max_abs_diff']:.3g}, "
-                f"mean |diff| {q['mean_abs_diff']:.3g}{extra}",
-                "FD(fp32, fast) <= the noise floor", bool(q["holds"]),
-                f"same x_T and (DDIM eta = 0) no other noise; model: {q['model']}; features: {q['features']}",
-                q["fd_fp32_vs_fast"], q["fd_fp32_vs_fp32_other_seed"])
-    # 5. the GPU targets
-    cuda = [r for r in rows if r["device"] == "cuda"]
+        overhead_targets(table, device, overhead_rows, target_batch, why)
+        fp32 = course_loop_targets(table, device, baseline_rows, why)
+        fast_mode_targets(table, device, baseline_rows, fp32, fast_notes, target_batch, why)
+        quality_target(table, device, quality_rows, quality)
+    gpu_targets(table, devices, [r for r in rows if r["device"] == "cuda"])
+    gflop = flops_per_image / 1e9 if flops_per_image else None
+    table.add(f"reference: ContextUnet n_feat={n_feat} GFLOP per image per forward"
+              + ("" if n_feat == 64 else " (not the course's n_feat=64)"),
+              f"{gflop:.3f} GFLOP" if gflop is not None else "-", f"the course network: {REFERENCE_GFLOP} GFLOP",
+              "- (reference)", "torch.utils.flop_counter on the meta device, batch 1 (matmuls and convolutions, "
+              "2 FLOPs per multiply-add; elementwise work not counted)", gflop, REFERENCE_GFLOP)
+    return list(table)
+
+
+def overhead_targets(table: TargetTable, device, overhead_rows, target_batch, why) -> None:
+    """1. The sampler's (and the Stepper loop's) time outside the network: <= 5% of a step."""
+    for row in [r for r in overhead_rows if r["device"] == device] or [None]:
+        if row is None:
+            table.add(f"{device}: sampler overhead outside the network, batch {target_batch}", "-",
+                      "<= 5% of the step", why, "-")
+            continue
+        table.add(f"{device}: sampler overhead outside the network, {row['sampler']} batch {row['batch']}",
+                  f"{_pct(row['overhead_percent'])} ({row['null_step_us']:.1f} us of {row['step_ms']:.2f} ms/step; "
+                  f"(step - forward) / step: {_pct(row['overhead_percent_forward'])})",
+                  "<= 5% of the step", row["overhead_percent"] <= 5.0,
+                  "md.sample per-step time with a do-nothing network / with the real ContextUnet, same batch; "
+                  "the second number: md.sample step vs the bare network forward, interleaved (noisier)",
+                  row["overhead_percent"], 5.0)
+        table.add(f"{device}: md.Stepper loop overhead outside the network, {row['sampler']} batch {row['batch']}",
+                  f"{_pct(row['stepper_overhead_percent'])} ({row['stepper_null_step_us']:.1f} us of "
+                  f"{row['step_ms']:.2f} ms/step)", "<= 5% of the step", row["stepper_overhead_percent"] <= 5.0,
+                  "a hand-written loop over md.Stepper with a do-nothing network / md.sample's step with the real "
+                  "ContextUnet, same batch", row["stepper_overhead_percent"], 5.0)
+
+
+def course_loop_targets(table: TargetTable, device, baseline_rows, why) -> List[dict]:
+    """2. fp32 md.sample no slower than the course's own loop; returns those fp32 rows."""
+    fp32 = [r for r in baseline_rows if r["device"] == device and r["mode"] == "eager"
+            and r["model"].startswith("ContextUnet")]
+    if not fp32:
+        table.add(f"{device}: fp32 md.sample >= 1.0x the course loop", "-", "minidiff / course <= 1.0", why, "-")
+    for r in fp32:
+        ok = r["ratio"] <= 1.0
+        holds = "yes" if ok else ("no (within the noise)" if r["ratio"] - r["ratio_noise"] <= 1.0 else "no")
+        table.add(f"{device}: fp32 md.sample vs the course loop, {r['sampler']} batch {r['batch']}",
+                  f"minidiff / course = {r['ratio']:.3f} ± {r['ratio_noise']:.3f}", "<= 1.0", holds,
+                  "'minidiff vs the course's loop' row: same network, x_T, steps, interleaved repeats; ± = half the "
+                  "spread of the per-repeat ratios", r["ratio"], 1.0)
+    return fp32
+
+
+def fast_mode_targets(table: TargetTable, device, baseline_rows, fp32, fast_notes, target_batch, why) -> None:
+    """3. The fast mode at least 1.8x the course's fp32 loop."""
+    fast_rows = [r for r in baseline_rows if r["device"] == device and r["mode"] == "fast"]
+    if not fast_rows:
+        table.add(f"{device}: fast mode >= 1.8x the course loop (fp32), batch {target_batch}", "-",
+                  "course / minidiff >= 1.8", why, "-")
+    for r in fast_rows:
+        clean = next((b for b in fp32 if b["sampler"] == r["sampler"] and b["batch"] == r["batch"]), None)
+        clean_speedup = clean["course_ms_per_step"] / r["minidiff_ms_per_step"] if clean else None
+        r["speedup_vs_fp32_row_course"] = clean_speedup
+        value = min(r["speedup"], clean_speedup) if clean_speedup else r["speedup"]
+        measured = f"{value:.2f}x (interleaved: {r['speedup']:.2f}x"
+        measured += f"; vs the fp32 row's course time: {clean_speedup:.2f}x)" if clean_speedup else ")"
+        table.add(f"{device}: fast mode vs the course loop (fp32), {r['sampler']} batch {r['batch']}", measured,
+                  ">= 1.8x", value >= 1.8,
+                  f"md.sample with modes.wrap(net, 'fast') [{fast_notes.get(device, '?')}] vs the course's fp32 "
+                  "loop, same network, x_T, steps; the smaller of the interleaved speed-up and the one against the "
+                  "course time measured before any bf16 ran", value, 1.8)
+
+
+def quality_target(table: TargetTable, device, quality_rows, quality) -> None:
+    """4. The fast mode leaves sample quality unchanged: FD(fp32, fast) within the noise floor."""
+    q = next((r for r in quality_rows if r["device"] == device), None)
+    if q is None:
+        table.add(f"{device}: fast mode leaves sample quality unchanged", "-", "FD(fp32, fast) <= FD noise floor",
+                  "not run: " + ("--no-quality" if not quality else "CPU not requested"), "-")
+        return
+    extra = ""
+    if q.get("class_accuracy_fp32") is not None:
+        extra = f"; class accuracy fp32 {q['class_accuracy_fp32']:.3f}, fast {q['class_accuracy_fast']:.3f}"
+    table.add(f"{device}: fast mode leaves sample quality unchanged ({q['n']} samples, {q['sampler']})",
+              f"FD(fp32, fast) {q['fd_fp32_vs_fast']:.4g} vs FD(fp32, fp32 other x_T) "
+              f"{q['fd_fp32_vs_fp32_other_seed']:.4g}; max |diff| {q['max_abs_diff']:.3g}, "
+              f"mean |diff| {q['mean_abs_diff']:.3g}{extra}",
+              "FD(fp32, fast) <= the noise floor", bool(q["holds"]),
+              f"same x_T and (DDIM eta = 0) no other noise; model: {q['model']}; features: {q['features']}",
+              q["fd_fp32_vs_fast"], q["fd_fp32_vs_fp32_other_seed"])
+
+
+def gpu_targets(table: TargetTable, devices, cuda: List[dict]) -> None:
+    """5. The GPU targets, from the CUDA rows of the md.sample table (not run without a GPU)."""
+    no_gpu = "not run: no GPU on this machine"
     gpu_name = torch.cuda.get_device_name(0) if "cuda" in devices else None
     on = "" if gpu_name is None or "H100" in gpu_name else f" (measured on {gpu_name}, not an H100)"
 
     def gpu_target(target, limit, pick, fmt, ok, how, limit_value):
         if "cuda" not in devices:
-            return add(target, "-", limit, no_gpu, how, None, limit_value)
+            return table.add(target, "-", limit, no_gpu, how, None, limit_value)
         best = pick()
         if best is None:
-            return add(target, "-", limit, "not run: no such CUDA row (see --batches / --samplers / --modes)", how,
-                       None, limit_value)
+            return table.add(target, "-", limit, "not run: no such CUDA row (see --batches / --samplers / --modes)",
+                             how, None, limit_value)
         value, row = best
-        add(target, fmt(value, row), limit, ("yes" if ok(value) else "no") + on, how, value, limit_value)
+        table.add(target, fmt(value, row), limit, ("yes" if ok(value) else "no") + on, how, value, limit_value)
 
     def best(filter_, key, higher):
         found = [(r[key], r) for r in cuda if filter_(r)]
@@ -483,22 +513,14 @@ def targets(devices, rows, baseline_rows, overhead_rows, quality_rows, flops_per
                             "images_per_s", True),
                lambda v, r: f"{v:,.0f} images/s ({r['mode']})", lambda v: v >= 20000,
                "the fastest CUDA ddim batch-1024 bf16 row (bf16 or fast mode) of the md.sample table", 20000)
+    every_row_has_peak = cuda and all(r.get("peak_percent") is not None for r in cuda)
     gpu_target("H100: fraction of peak printed on every GPU row", "every CUDA row",
-               lambda: ((min(r["peak_percent"] for r in cuda), None) if cuda and all(r.get("peak_percent") is not None
-                                                                                  for r in cuda) else None),
+               lambda: (min(r["peak_percent"] for r in cuda), None) if every_row_has_peak else None,
                lambda v, r: f"{len(cuda)} rows, lowest {v:.1f}% of peak", lambda v: True,
                "'% of peak' column of the CUDA rows", None)
-    add("H100: the course preset trains in <= 3 minutes", "-", "<= 3 min",
-        no_gpu if "cuda" not in devices else "not run: `make bench` does not train the preset; time "
-        "`python -m minidiff train --preset course` on the GPU", "training, not sampling: outside this benchmark")
-    # 6. reference: the network's FLOPs
-    gflop = flops_per_image / 1e9 if flops_per_image else None
-    add(f"reference: ContextUnet n_feat={n_feat} GFLOP per image per forward"
-        + ("" if n_feat == 64 else " (not the course's n_feat=64)"),
-        f"{gflop:.3f} GFLOP" if gflop is not None else "-", f"issue's reference: {REFERENCE_GFLOP} GFLOP",
-        "- (reference)", "torch.utils.flop_counter on the meta device, batch 1 (matmuls and convolutions, 2 FLOPs "
-        "per multiply-add; elementwise work not counted)", gflop, REFERENCE_GFLOP)
-    return out
+    table.add("H100: the course preset trains in <= 3 minutes", "-", "<= 3 min",
+              no_gpu if "cuda" not in devices else "not run: `make bench` does not train the preset; time "
+              "`python -m minidiff train --preset course` on the GPU", "training, not sampling: outside this benchmark")
 
 
 def bench_batch(network, x_T, modes, samplers, peaks, budget_s, repeats, quick, skipped) -> List[dict]:
