@@ -13,12 +13,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import importlib
+import io
 import json
 import os
 import signal
 import sys
+import threading
 from typing import List, Optional
+
+import torch
+from PIL import Image
+
+from . import checkpoint as ckpt
+from . import distributed, imaging, pretrained
+from .data import CLASS_NAMES
+from .distributed import StoppedByAnotherProcess
+from .file_io import atomic_write_text, run_folder_lock
+from .flow import flow_sample
+from .metrics import main as evaluation_main
+from .presets import PRESETS, build_run, resolve
+from .samplers import sample
+from .schedule import SPACINGS, NoiseSchedule
+from .sde_samplers import sde_sample
+from .text_to_image import TextToImage
+from .train import Interrupted, Trainer, parse_device
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, KeyError)
 RUN_ERRORS = (FloatingPointError, OSError, RuntimeError)
@@ -26,15 +46,11 @@ RUN_ERRORS = (FloatingPointError, OSError, RuntimeError)
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (plus where to get help), exit code 2."""
-
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .presets import PRESETS
-    from .schedule import SPACINGS
-
     parser = _Parser(prog="minidiff", description="minidiff: diffusion models from scratch in PyTorch.")
     commands = parser.add_subparsers(dest="command", metavar="{train,sample,eval,bench}", parser_class=_Parser)
     commands.required = True
@@ -110,7 +126,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         args = build_parser().parse_args(argv)
         command, run = args.command, lambda: (cmd_train if args.command == "train" else cmd_sample)(args)
-    from .distributed import StoppedByAnotherProcess
     previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         return run()
@@ -131,12 +146,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _terminate(signum, frame):
     """SIGTERM outside training (which saves first; see Trainer.train) ends the command like Ctrl-C."""
-    from .train import Interrupted
     raise Interrupted(signum, "interrupted by SIGTERM")
 
 
 def _main_thread() -> bool:
-    import threading
     return threading.current_thread() is threading.main_thread()
 
 
@@ -150,11 +163,6 @@ def _fail(command: str, error: BaseException, code: int) -> int:
 
 # -------------------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
-    from . import distributed
-    from .file_io import atomic_write_text, run_folder_lock
-    from .presets import build_run, resolve
-    from .train import Trainer
-
     run = resolve(args.preset, args.config)
     _apply_overrides(run, args)
     out_dir = args.out or os.path.join("runs", run.get("preset") or "custom")
@@ -219,13 +227,6 @@ def _apply_overrides(run: dict, args) -> None:
 
 # -------------------------------------------------------------------------------------- sample
 def cmd_sample(args) -> int:
-    import torch
-
-    from . import checkpoint as ckpt
-    from . import imaging
-    from .schedule import NoiseSchedule
-    from .train import parse_device
-
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     for name, value in (("--steps", args.steps), ("--nrow", args.nrow), ("--scale", args.scale)):   # 0 is no default
@@ -238,7 +239,6 @@ def cmd_sample(args) -> int:
             raise ValueError(f"{name} must name a {extension} file, got {value!r}")
     device = parse_device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if os.path.isdir(args.checkpoint):                                  # a save_pretrained folder
-        from . import pretrained
         if args.raw:
             raise ValueError(f"--raw needs a checkpoint file; the folder {args.checkpoint} holds one set of weights")
         index = pretrained.read_index(args.checkpoint)
@@ -270,12 +270,10 @@ def cmd_sample(args) -> int:
         for option, value in (("--eta", args.eta), ("--spacing", args.spacing)):
             if value is not None:
                 raise ValueError(f"{option} applies to noise-schedule checkpoints; {args.checkpoint} is a flow model")
-        from .flow import flow_sample
         result = flow_sample(model, process, shape, sampler=args.sampler or "euler", steps=args.steps or 10,
                              context=context, guidance_scale=args.guidance, generator=generator,
                              return_trajectory=want_gif, progress=True)
     elif isinstance(process, NoiseSchedule):
-        from .samplers import sample
         result = sample(model, process, shape, sampler=args.sampler or "ddim", steps=args.steps or 25,
                         eta=0.0 if args.eta is None else args.eta, spacing=args.spacing or "leading",
                         context=context, guidance_scale=args.guidance,
@@ -286,7 +284,6 @@ def cmd_sample(args) -> int:
             if value is not None:
                 raise ValueError(f"{option} applies to noise-schedule checkpoints; {args.checkpoint} is a score model "
                                  f"sampled along its SDE ({type(process).__name__}), which has no {option}")
-        from .sde_samplers import sde_sample
         result = sde_sample(model, process, shape, method=args.sampler or "euler_maruyama", steps=args.steps or 500,
                             context=context, guidance_scale=args.guidance, generator=generator,
                             return_trajectory=want_gif, progress=True)
@@ -303,10 +300,6 @@ def cmd_sample(args) -> int:
 
 def _sample_text_to_image(args, device) -> int:
     """`minidiff sample` on a TextToImage folder: --n images of --prompt, guided by --guidance (default 3)."""
-    import torch
-
-    from . import imaging
-    from .text_to_image import TextToImage
     if args.prompt is None:
         raise ValueError(f"{args.checkpoint} is a text-to-image pipeline: pass --prompt \"...\"")
     if args.context is not None or args.gif is not None or args.raw:
@@ -325,13 +318,6 @@ def _sample_text_to_image(args, device) -> int:
 
 def _write_images(x, args) -> None:
     """--out-dir: image k as DIR/seed<S>_<k>.png (native size), and DIR/index.csv saying how each was made."""
-    import csv
-    import io
-
-    from PIL import Image
-
-    from . import imaging
-    from .file_io import atomic_write_text
     os.makedirs(args.out_dir, exist_ok=True)
     pixels = imaging.to_uint8(x)                                       # [N, H, W, 3] uint8
     gray = x.shape[1] == 1
@@ -365,8 +351,6 @@ def parse_context(text: str, model, n: int, class_names: Optional[List[str]] = N
     class_names: what class k is called, as the checkpoint records it (a labelled folder's subfolders);
     without them a 5-class ContextUnet takes the sprites course's names.
     """
-    import torch
-
     n_cfeat = getattr(model, "n_cfeat", None)                          # float-vector models (ContextUnet)
     null_id = getattr(model, "null_id", getattr(model, "num_classes", None))   # class-id models
     if n_cfeat is None and null_id is None:
@@ -383,7 +367,6 @@ def parse_context(text: str, model, n: int, class_names: Optional[List[str]] = N
             raise ValueError(f"--context needs {n_cfeat} comma-separated numbers, got {len(values)}")
         return torch.tensor(values).expand(n, -1).clone()
     if class_names is None and n_cfeat is not None:
-        from .data import CLASS_NAMES
         class_names = list(CLASS_NAMES) if n_cfeat == len(CLASS_NAMES) else None
     if class_names is not None and text in class_names:                 # a name wins over a number
         index = list(class_names).index(text)
@@ -402,15 +385,14 @@ def parse_context(text: str, model, n: int, class_names: Optional[List[str]] = N
 
 # -------------------------------------------------------------------------------------- eval / bench
 def cmd_delegate(command: str, argv: List[str]) -> int:
-    """`eval` and `bench` live in other modules, imported only when asked for: module.main(argv) -> int.
+    """`eval` and `bench` live in other modules: module.main(argv) -> int; the benchmarks are imported when asked for.
 
     `eval` is minidiff.metrics, part of the package. The benchmarks are not (they belong to the source
     checkout, beside tests/): after ``pip install .``, ``minidiff bench`` runs them when started inside a
     checkout, and says how to get one otherwise.
     """
     if command == "eval":
-        from .metrics import main as entry
-        return int(entry(argv) or 0)
+        return int(evaluation_main(argv) or 0)
     module_name = "benchmarks.run_all"
     try:
         module = _import_delegate(module_name)
