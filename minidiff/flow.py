@@ -44,7 +44,8 @@ from . import ode
 from .checks import check_int, check_sampling_inputs
 from .guidance import guided_output
 from .schedule import NoiseSchedule
-from .sde import SDE, _randn
+from .sde import SDE
+from .tensors import per_sample, randn
 
 TimeSampling = Literal["uniform", "logit_normal"]
 TIME_SAMPLINGS = ("uniform", "logit_normal")
@@ -150,7 +151,7 @@ def flow_sample(model, flow: Optional[RectifiedFlow], shape, sampler: FlowSample
         ref = x_T if x_T is not None else param
         device = device or (ref.device if ref is not None else "cpu")
         dtype = dtype or (ref.dtype if ref is not None and ref.is_floating_point() else torch.float32)
-    x = x_T.to(device, dtype) if x_T is not None else _randn(shape, generator, device, dtype)
+    x = x_T.to(device, dtype) if x_T is not None else randn(shape, generator, device, dtype)
     context = context.to(device) if context is not None else None
     uncond_context = uncond_context.to(device) if uncond_context is not None else None
     nfe = 0
@@ -277,4 +278,4 @@ def _check_shift(shift) -> None:
 def _per_sample(v, like: Tensor) -> Tensor:
     """A number or a [B] tensor as a tensor that broadcasts against like [B, ...] (like's device and dtype)."""
     v = torch.as_tensor(v, device=like.device, dtype=like.dtype)
-    return v.reshape(()) if v.numel() == 1 else v.reshape(-1, *([1] * (like.ndim - 1)))
+    return v.reshape(()) if v.numel() == 1 else per_sample(v, like)
