@@ -12,6 +12,7 @@ A checkpoint is ONE file holding a plain dict of tensors, numbers, strings, list
       "optimizer": ... or None, "grad_scaler": ... or None,
       "step": int, "rng": {...}, "data": {...}, "train_config": {...} or None,
       "class_names": ["cat", "dog", ...] or None,        # what context k means (conditional models)
+      "sample_shape": [C, H, W] or None,                 # one sample's shape: what `minidiff sample` draws
     }
 
 Three safety rules, each with a test:
@@ -43,7 +44,16 @@ from .file_io import (  # noqa: F401
     atomic_write_text,
     safe_torch_load,
 )
-from .model_table import SDE_KEY, build_model, decode_kwargs, encode_kwargs, model_classes, model_spec  # noqa: F401
+from .model_table import (  # noqa: F401
+    SDE_KEY,
+    build_model,
+    check_sample_shape,
+    decode_kwargs,
+    encode_kwargs,
+    model_classes,
+    model_spec,
+    sample_shape_of,
+)
 from .rng_state import get_rng_state, set_rng_state  # noqa: F401
 from .schedule import PREDICTION_TYPES, NoiseSchedule
 from .sde import sde_from_config
@@ -53,8 +63,12 @@ from .sde import sde_from_config
 def make_checkpoint(model: nn.Module, *, model_kwargs: Optional[dict] = None, schedule: Optional[NoiseSchedule] = None,
                     sde=None, ema_model: Optional[nn.Module] = None, optimizer=None, grad_scaler=None,
                     step: int = 0, rng: Optional[dict] = None, data: Optional[dict] = None,
-                    train_config: Optional[dict] = None, class_names: Optional[list] = None) -> dict:
-    """Assemble the checkpoint dict (see the module docstring). Tensors are copied to the CPU."""
+                    train_config: Optional[dict] = None, class_names: Optional[list] = None,
+                    sample_shape=None) -> dict:
+    """Assemble the checkpoint dict (see the module docstring). Tensors are copied to the CPU.
+
+    sample_shape: (C, H, W) of one sample (default: what ``model_table.sample_shape_of(model)`` knows)."""
+    shape = sample_shape_of(model, sample_shape)
     return {
         "minidiff_version": __version__,
         "model": model_spec(model, model_kwargs),
@@ -69,6 +83,7 @@ def make_checkpoint(model: nn.Module, *, model_kwargs: Optional[dict] = None, sc
         "data": data or {},
         "train_config": train_config,
         "class_names": list(class_names) if class_names is not None else None,
+        "sample_shape": list(shape) if shape is not None else None,
     }
 
 
@@ -163,6 +178,10 @@ def validate_checkpoint(checkpoint: dict, path: str = "checkpoint", training: bo
     names = checkpoint.get("class_names")
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         fail("class_names", "a list of strings or None", names)
+    shape = checkpoint.get("sample_shape")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 3
+                                  and all(_is_int(v, minimum=1) for v in shape)):
+        fail("sample_shape", "[channels, height, width] (three ints >= 1) or None", shape)
     if "rng" in checkpoint:
         _check_rng(checkpoint["rng"], fail)
     for key in ("schedule", "sde"):
@@ -246,6 +265,8 @@ def model_from_checkpoint(checkpoint: dict, ema: bool = True, device: Union[str,
     except RuntimeError as error:
         raise CheckpointError(f"{path}: the weights do not fit a {spec['class']}({spec['kwargs']}): "
                               f"{weights_mismatch(error)}") from None
+    remember_recorded(model, checkpoint.get("sample_shape"), (checkpoint.get("train_config") or {}).get(
+        "prediction_type"), path)
     return model.to(device).eval()
 
 
@@ -255,6 +276,23 @@ def weights_mismatch(error: Exception) -> str:
     detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
     more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
     return (detail[:300] + "...") if len(detail) > 300 else detail + more
+
+
+def remember_recorded(model: nn.Module, sample_shape, prediction_type: Optional[str], path: str) -> None:
+    """Attach what a file records to the loaded model: ``model.sample_shape`` (C, H, W) and
+    ``model.prediction_type``, which ``minidiff.sample``, the Stepper and the CLI then use."""
+    try:
+        shape = check_sample_shape(sample_shape, "sample_shape")
+    except ValueError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    if shape is not None:
+        model.sample_shape = shape
+    if prediction_type is not None:
+        from .schedule import PREDICTION_TYPES
+        if prediction_type not in PREDICTION_TYPES:
+            raise CheckpointError(f"{path}: prediction_type must be one of {PREDICTION_TYPES}, "
+                                  f"got {prediction_type!r}")
+        model.prediction_type = prediction_type
 
 
 def load_model(path: PathLike, ema: bool = True, device: Union[str, torch.device] = "cpu",

@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample from a checkpoint (EMA weights). Discrete-time samplers: ddpm, ddim, dpmpp_2m, "
                     "euler, heun; SDE checkpoints: euler_maruyama, pc, ode.")
     sample.add_argument("--checkpoint", required=True, metavar="PATH",
-                        help="checkpoint file written by train, or a folder written by save_pretrained")
+                        help="checkpoint file written by train, or a folder written by save_pretrained "
+                             "(or a diffusers DDPMPipeline folder)")
     sample.add_argument("--sampler", help="default: ddim (SDE checkpoints: euler_maruyama; flow: euler, 10 steps)")
     sample.add_argument("--steps", type=int, help="sampling steps (default: 25; SDE checkpoints: 500)")
     sample.add_argument("--eta", type=float, help="DDIM noise, 0 = deterministic (default 0)")
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a vector (0,1,0,0,0)")
     sample.add_argument("--guidance", type=float, metavar="W", help="classifier-free guidance scale (needs --context)")
     sample.add_argument("--prompt", help="text-to-image folders: the prompt (the --n images all show it)")
+    sample.add_argument("--image-size", type=int, metavar="N", help="sample N x N images (default: the size the "
+                        "checkpoint records; needed for files written before checkpoints recorded it)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sample.add_argument("--scale", type=int, default=4, help="pixel enlargement of the PNG/GIF (default 4)")
     sample.add_argument("--device", default="auto", help="cpu | cuda | auto (default)")
@@ -229,7 +232,8 @@ def _apply_overrides(run: dict, args) -> None:
 def cmd_sample(args) -> int:
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
-    for name, value in (("--steps", args.steps), ("--nrow", args.nrow), ("--scale", args.scale)):   # 0 is no default
+    for name, value in (("--steps", args.steps), ("--nrow", args.nrow), ("--scale", args.scale),
+                        ("--image-size", args.image_size)):                        # 0 is no default
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if args.out is None:
@@ -238,16 +242,18 @@ def cmd_sample(args) -> int:
         if value is not None and not value.lower().endswith(extension):
             raise ValueError(f"{name} must name a {extension} file, got {value!r}")
     device = parse_device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    if os.path.isdir(args.checkpoint):                                  # a save_pretrained folder
+    if os.path.isdir(args.checkpoint):                                  # a save_pretrained or diffusers folder
         if args.raw:
             raise ValueError(f"--raw needs a checkpoint file; the folder {args.checkpoint} holds one set of weights")
-        index = pretrained.read_index(args.checkpoint)
-        if index.get("pipeline") == "TextToImage":
-            return _sample_text_to_image(args, device)
-        model, process = pretrained.load_pretrained(args.checkpoint, device=device)
-        spec, prediction_type = index["model"], index.get("prediction_type") or "epsilon"
-        class_names = index.get("class_names")
-        recorded = index.get("sampling") or {}                            # e.g. a distilled model's own grid
+        if pretrained.is_diffusers_folder(args.checkpoint):
+            spec, class_names, recorded = {"class": "UNet2D"}, None, {}
+        else:
+            index = pretrained.read_index(args.checkpoint)
+            if index.get("pipeline") == "TextToImage":
+                return _sample_text_to_image(args, device)
+            spec, class_names = index["model"], index.get("class_names")
+            recorded = index.get("sampling") or {}                        # e.g. a distilled model's own grid
+        model, process = pretrained.load_pretrained(args.checkpoint, device=device)   # with model.prediction_type
         args.sampler = args.sampler or recorded.get("sampler")
         args.steps = args.steps or recorded.get("steps")
         args.spacing = args.spacing or recorded.get("spacing")
@@ -256,13 +262,12 @@ def cmd_sample(args) -> int:
         model = ckpt.model_from_checkpoint(checkpoint, ema=not args.raw, device=device, path=args.checkpoint)
         process = ckpt.schedule_or_sde_from_checkpoint(checkpoint)
         spec = checkpoint["model"]
-        prediction_type = (checkpoint.get("train_config") or {}).get("prediction_type", "epsilon")
         class_names = checkpoint.get("class_names")
     if args.prompt is not None:
         raise ValueError(f"--prompt needs a text-to-image pipeline folder; {args.checkpoint} holds a {spec['class']}")
     if process is None:
         raise ValueError(f"{args.checkpoint} records neither a noise schedule nor an SDE; it cannot be sampled")
-    shape = (args.n, *_image_shape(spec))
+    shape = (args.n, *_sample_shape(model, spec, args.image_size, args.checkpoint))
     context = parse_context(args.context, model, args.n, class_names) if args.context is not None else None
     generator = torch.Generator().manual_seed(args.seed)
     want_gif = args.gif is not None
@@ -277,7 +282,7 @@ def cmd_sample(args) -> int:
         result = sample(model, process, shape, sampler=args.sampler or "ddim", steps=args.steps or 25,
                         eta=0.0 if args.eta is None else args.eta, spacing=args.spacing or "leading",
                         context=context, guidance_scale=args.guidance,
-                        prediction_type=prediction_type, generator=generator, return_trajectory=want_gif,
+                        generator=generator, return_trajectory=want_gif,
                         progress=True)
     else:
         for option, value in (("--eta", args.eta), ("--spacing", args.spacing)):
@@ -337,12 +342,20 @@ def _write_images(x, args) -> None:
     print(f"wrote {len(rows)} images and index.csv to {args.out_dir} (image k of --n {args.n} --seed {args.seed})")
 
 
-def _image_shape(spec: dict) -> tuple:
-    """[C, H, W] of the images a recorded model makes (ContextUnet: in_channels, height)."""
-    kwargs = spec.get("kwargs") or {}
-    channels = kwargs.get("in_channels", 3 if spec["class"] == "ContextUnet" else 1)
-    size = kwargs.get("height", kwargs.get("image_size", 16 if spec["class"] == "ContextUnet" else 28))
-    return (int(channels), int(size), int(size))
+def _sample_shape(model, spec: dict, image_size: Optional[int], path: str) -> tuple:
+    """(C, H, W) to sample: the shape the file records (``model.sample_shape``), at --image-size N x N when
+    given. A file that records none (written before files recorded it) needs --image-size; nothing is guessed."""
+    from .model_table import in_channels_of, sample_shape_of
+    recorded = sample_shape_of(model)
+    if image_size is None:
+        if recorded is None:
+            raise ValueError(f"{path} does not record the size of its samples (written before checkpoints "
+                             f"recorded it): pass --image-size N, the size it was trained at")
+        return recorded
+    channels = recorded[0] if recorded is not None else in_channels_of(model, spec)
+    if channels is None:
+        raise ValueError(f"{path}: cannot tell how many channels {spec['class']} samples have")
+    return (channels, image_size, image_size)
 
 
 def parse_context(text: str, model, n: int, class_names: Optional[List[str]] = None):

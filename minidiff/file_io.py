@@ -93,11 +93,13 @@ def atomic_write_text(text: str, path: PathLike) -> None:
     atomic_write(path, lambda f: f.write(text), binary=False)
 
 
-def atomic_save_safetensors(tensors: Dict[str, torch.Tensor], path: PathLike) -> None:
-    """Write a flat {name: tensor} dict as a .safetensors file atomically (see atomic_write)."""
+def atomic_save_safetensors(tensors: Dict[str, torch.Tensor], path: PathLike,
+                            metadata: Union[Dict[str, str], None] = None) -> None:
+    """Write a flat {name: tensor} dict (and string `metadata` in the header) as a .safetensors file
+    atomically (see atomic_write)."""
     from safetensors.torch import save as safetensors_bytes
     contiguous = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
-    atomic_write(path, lambda f: f.write(safetensors_bytes(contiguous)))
+    atomic_write(path, lambda f: f.write(safetensors_bytes(contiguous, metadata=metadata)))
 
 
 @contextlib.contextmanager

@@ -37,6 +37,16 @@ def null_context_like(model, context: Tensor) -> Tensor:
                      "`null_id` attribute (its reserved null class id)")
 
 
+def model_prediction_type(model, prediction_type: Optional[str] = None) -> str:
+    """What `model`'s output is read as: `prediction_type` when given (it wins), else ``model.prediction_type``
+    (set by the loaders from what a file records), else "epsilon"."""
+    if prediction_type is None:
+        prediction_type = getattr(model, "prediction_type", None) or "epsilon"
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    return prediction_type
+
+
 def guided_output(model, x: Tensor, t: Tensor, context: Optional[Tensor], guidance_scale: Optional[float],
                   uncond_context: Optional[Tensor] = None) -> Tensor:
     """The network output, with classifier-free guidance when guidance_scale is given.

@@ -103,3 +103,45 @@ def decode_kwargs(kwargs: dict) -> dict:
             return [decode(v) for v in value]
         return value
     return {k: decode(v) for k, v in kwargs.items()}
+
+
+# ---------------------------------------------------------------------------------- the sample shape
+def check_sample_shape(shape, name: str = "sample_shape") -> Optional[tuple]:
+    """`shape` as a tuple of three ints >= 1 (channels, height, width), or None; ValueError naming `name`."""
+    if shape is None:
+        return None
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) != 3 or \
+            not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape):
+        raise ValueError(f"{name} must be (channels, height, width), three ints >= 1, got {shape!r}")
+    return tuple(int(v) for v in shape)
+
+
+def sample_shape_of(model: nn.Module, given=None) -> Optional[tuple]:
+    """(C, H, W) of one sample `model` makes: `given` (checked), else ``model.sample_shape`` (set by the
+    loaders from what a file records), else the size its architecture fixes (a ContextUnet's `height`),
+    else None: nothing is guessed."""
+    if given is not None:
+        return check_sample_shape(given)
+    recorded = getattr(model, "sample_shape", None)
+    if recorded is not None:
+        return check_sample_shape(tuple(recorded), f"{type(model).__name__}.sample_shape")
+    height, channels = getattr(model, "height", None), getattr(model, "in_channels", None)
+    if type(model).__name__ == "ContextUnet" and isinstance(height, int) and isinstance(channels, int):
+        return (channels, height, height)                 # its up-path ends at exactly height x height
+    return None
+
+
+def in_channels_of(model: nn.Module, spec: Optional[dict] = None) -> Optional[int]:
+    """The channels `model` takes: its `in_channels` attribute, the recorded kwarg, or the constructor's
+    default for that argument (exact, not a guess); None if the class has no such argument."""
+    import inspect
+    value = getattr(model, "in_channels", None)
+    if isinstance(value, int):
+        return value
+    kwargs = (spec or {}).get("kwargs") or {}
+    if isinstance(kwargs.get("in_channels"), int):
+        return kwargs["in_channels"]
+    parameter = inspect.signature(type(model)).parameters.get("in_channels")
+    if parameter is not None and isinstance(parameter.default, int):
+        return parameter.default
+    return None

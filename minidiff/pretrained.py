@@ -19,6 +19,7 @@ and a JSON header: reading one cannot run code) and a JSON index you can open in
       "prediction_type": "epsilon",                                         # or null when not known
       "class_names": ["cat", "dog"],                                        # what context k means, or null
       "sampling": {"sampler": "ddim", "steps": 4, "spacing": "trailing"},   # how to sample it, or null
+      "sample_shape": [3, 16, 16],                                          # one sample: channels, height, width
       "weights": "model.safetensors",
       "ema_weights": "ema.safetensors",                                     # or null
       "sha256": {"model.safetensors": "3f1c...", "ema.safetensors": "9a0b..."}
@@ -26,7 +27,10 @@ and a JSON header: reading one cannot run code) and a JSON index you can open in
 
     md.save_pretrained(model, schedule, "my_model", ema_model=ema)
     model, schedule = md.load_pretrained("my_model")
-    x = md.sample(model, schedule, (16, 3, 16, 16))
+    x = md.sample(model, schedule, (16, *model.sample_shape))   # model.prediction_type is used too
+
+``save_pretrained(..., format="diffusers")`` writes a diffusers pipeline folder instead, and
+``load_pretrained`` reads those too (diffusers_folder.py).
 
 Folders of format_version 1 (weights in ``model.pt``, a state_dict read with ``torch.load(weights_only=True)``
 only) still load. Non-finite weights are never written. A save is atomic as a whole: the new files are
@@ -44,7 +48,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .checkpoint import load_checkpoint, model_from_checkpoint, schedule_or_sde_from_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint, remember_recorded, schedule_or_sde_from_checkpoint
 from .file_io import (
     CheckpointError,
     PathLike,
@@ -55,7 +59,7 @@ from .file_io import (
     safe_torch_load,
     sha256_of,
 )
-from .model_table import build_model, decode_kwargs, model_spec
+from .model_table import build_model, decode_kwargs, model_spec, sample_shape_of
 from .samplers import SAMPLERS
 from .schedule import SPACINGS, NoiseSchedule
 from .sde import SDE, sde_from_config
@@ -68,7 +72,7 @@ INDEX_NAME, WEIGHTS_NAME, EMA_WEIGHTS_NAME = "minidiff.json", "model.safetensors
 def save_pretrained(model: nn.Module, schedule_or_sde: Any, folder: PathLike, *,
                     ema_model: Optional[nn.Module] = None, model_kwargs: Optional[dict] = None,
                     prediction_type: Optional[str] = None, class_names: Optional[list] = None,
-                    sampling: Optional[dict] = None) -> str:
+                    sampling: Optional[dict] = None, sample_shape=None, format: str = "minidiff") -> str:
     """Write `model` (or `ema_model`, when given) and its noise process to `folder`; return the index path.
 
     `schedule_or_sde`: the NoiseSchedule or SDE the model was trained with (None for, say, an
@@ -78,12 +82,31 @@ def save_pretrained(model: nn.Module, schedule_or_sde: Any, folder: PathLike, *,
     `class_names`: the name of each class id, for a class-conditional model (``minidiff sample --context NAME``).
     `sampling`: how the model is meant to be sampled, {"sampler", "steps", "spacing"} (any of them), e.g. a
     distilled model's own grid; ``minidiff sample`` uses it when no --sampler/--steps/--spacing is given.
+    `sample_shape`: (C, H, W) of one sample; default ``model.sample_shape`` (a loaded model has it) or the
+    size the architecture fixes (ContextUnet). A model with a noise process must have one: nothing guesses it.
+    `format`: "minidiff" (this layout) or "diffusers" (a DDPMPipeline folder, see diffusers_folder.py;
+    a UNet2D with diffusers' time convention, a NoiseSchedule; returns the model_index.json path).
     """
+    if format == "diffusers":
+        from .diffusers_folder import save_diffusers
+        if ema_model is not None or model_kwargs is not None or class_names is not None or sampling is not None:
+            raise ValueError("format='diffusers' takes no ema_model, model_kwargs, class_names or sampling: pass "
+                             "the weights to share as `model`")
+        return save_diffusers(model, schedule_or_sde, folder, prediction_type=prediction_type,
+                              sample_shape=sample_shape)
+    if format != "minidiff":
+        raise ValueError(f"format must be 'minidiff' or 'diffusers', got {format!r}")
     spec = model_spec(model, model_kwargs)
     if spec["kwargs"] is None:
         raise CheckpointError(f"cannot save {spec['class']} to {os.fspath(folder)}: its constructor kwargs are "
                               f"unknown; pass model_kwargs={{...}} (or build it with minidiff.model_table.build_model)")
     schedule, sde = _split_process(schedule_or_sde)
+    shape = sample_shape_of(model, sample_shape) or (sample_shape_of(ema_model) if ema_model is not None else None)
+    if shape is None and (schedule is not None or sde is not None):
+        raise ValueError(f"cannot save {spec['class']} to {os.fspath(folder)}: the shape of its samples is not "
+                         f"known; pass sample_shape=(channels, height, width)")
+    if prediction_type is None:
+        prediction_type = getattr(model, "prediction_type", None)
     files = {WEIGHTS_NAME: finite_weights(model, folder)}
     if ema_model is not None:
         files[EMA_WEIGHTS_NAME] = finite_weights(ema_model, folder)
@@ -97,6 +120,7 @@ def save_pretrained(model: nn.Module, schedule_or_sde: Any, folder: PathLike, *,
         "prediction_type": prediction_type,
         "class_names": [str(name) for name in class_names] if class_names is not None else None,
         "sampling": check_sampling(sampling, "sampling") if sampling is not None else None,
+        "sample_shape": list(shape) if shape is not None else None,
         "weights": WEIGHTS_NAME,
         "ema_weights": EMA_WEIGHTS_NAME if ema_model is not None else None,
     }
@@ -124,8 +148,10 @@ def finite_weights(model: nn.Module, folder: PathLike) -> Dict[str, torch.Tensor
 
 
 def export_checkpoint(checkpoint_path: PathLike, folder: PathLike, ema: bool = True,
-                      model_classes: Optional[Dict[str, type]] = None) -> str:
-    """Turn a training checkpoint into a pretrained folder (with its EMA weights, if `ema` and it has them)."""
+                      model_classes: Optional[Dict[str, type]] = None, sample_shape=None) -> str:
+    """Turn a training checkpoint into a pretrained folder (with its EMA weights, if `ema` and it has them).
+
+    sample_shape: (C, H, W), needed only for a checkpoint written before checkpoints recorded it."""
     checkpoint = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(checkpoint, False, "cpu", model_classes, os.fspath(checkpoint_path))
     ema_model = None
@@ -133,7 +159,8 @@ def export_checkpoint(checkpoint_path: PathLike, folder: PathLike, ema: bool = T
         ema_model = model_from_checkpoint(checkpoint, True, "cpu", model_classes, os.fspath(checkpoint_path))
     prediction_type = (checkpoint.get("train_config") or {}).get("prediction_type")
     return save_pretrained(model, schedule_or_sde_from_checkpoint(checkpoint), folder, ema_model=ema_model,
-                           prediction_type=prediction_type, class_names=checkpoint.get("class_names"))
+                           prediction_type=prediction_type, class_names=checkpoint.get("class_names"),
+                           sample_shape=sample_shape)
 
 
 def check_sampling(sampling: Any, name: str) -> dict:
@@ -221,11 +248,18 @@ def load_pretrained(folder: PathLike, device: Union[str, torch.device] = "cpu",
                     model_classes: Optional[Dict[str, type]] = None, ema: bool = True) -> Tuple[nn.Module, Any]:
     """(model, schedule_or_sde) from a folder written by ``save_pretrained``; the model in eval mode.
 
+    Also reads a diffusers DDPMPipeline / DDIMPipeline folder (model_index.json; see diffusers_folder.py)
+    and a TextToImage folder (then (pipe, schedule)). The loaded model carries what the folder records:
+    ``model.sample_shape`` (C, H, W) and ``model.prediction_type``, used by ``minidiff.sample`` and the CLI.
+
     The EMA weights when the folder has them and `ema`, else the plain ones.
     The model is rebuilt from the index's class and kwargs (`model_classes` adds classes of your own,
     as in ``load_model``), then its weights are loaded strictly: every name and shape must match.
     schedule_or_sde is a NoiseSchedule, an SDE, or None if the folder records neither.
     """
+    if is_diffusers_folder(folder):
+        from .diffusers_folder import load_diffusers
+        return load_diffusers(folder, device)
     index = read_index(folder)
     if index.get("pipeline") == "TextToImage":
         from .text_to_image import TextToImage  # imported here: text_to_image.py imports this module
@@ -248,7 +282,15 @@ def load_pretrained(folder: PathLike, device: Union[str, torch.device] = "cpu",
     except RuntimeError as error:
         raise CheckpointError(f"{weights_path}: the weights do not fit {spec['class']}({spec['kwargs']}) "
                               f"named in {INDEX_NAME}: {error}") from None
+    remember_recorded(model, index.get("sample_shape"), index.get("prediction_type"), index_path)
     return model.to(device).eval(), _process_from_index(index, index_path)
+
+
+def is_diffusers_folder(folder: PathLike) -> bool:
+    """True for a folder holding diffusers' model_index.json and no minidiff.json."""
+    folder = os.fspath(folder)
+    return os.path.isfile(os.path.join(folder, "model_index.json")) and \
+        not os.path.isfile(os.path.join(folder, INDEX_NAME))
 
 
 def _process_from_index(index: dict, index_path: str):

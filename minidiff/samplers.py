@@ -34,7 +34,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .checks import check_sampling_inputs
-from .guidance import Denoiser
+from .guidance import Denoiser, model_prediction_type
 from .schedule import SPACINGS, NoiseSchedule, PredictionType
 from .tensors import randn
 
@@ -212,14 +212,14 @@ def heun(denoise, x, schedule, timesteps, generator=None, callback=None) -> Tens
 # ------------------------------------------------------------------------------------------ DDIM inversion
 @torch.no_grad()
 def ddim_invert(model, schedule: NoiseSchedule, x0: Tensor, steps: int = 50, context: Optional[Tensor] = None,
-                guidance_scale: Optional[float] = None, prediction_type: PredictionType = "epsilon",
+                guidance_scale: Optional[float] = None, prediction_type: Optional[PredictionType] = None,
                 spacing: str = "leading", progress: bool = False) -> Tensor:
     """Encode x0 -> x_T by running the DDIM (eta = 0) ODE backwards over the same grid `sample` uses.
 
     Song et al. 2021 (DDIM), Sec. 4.3. `sample(..., sampler="ddim", steps=steps, x_T=ddim_invert(...))`
     decodes it back to x0 up to the ODE's discretisation error. x0: [B, C, H, W]; returns [B, C, H, W].
     """
-    denoise = Denoiser(model, schedule, prediction_type, context, guidance_scale)
+    denoise = Denoiser(model, schedule, model_prediction_type(model, prediction_type), context, guidance_scale)
     ascending = schedule.timesteps(steps, spacing).flip(0).tolist()
     x = x0
     for k in tqdm(range(len(ascending)), disable=not progress, desc="ddim_invert"):
@@ -240,7 +240,7 @@ SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "euler": euler, "h
 @torch.no_grad()
 def sample(model, schedule: NoiseSchedule, shape, sampler: str = "ddim", steps: Optional[int] = None,
            eta: float = 0.0, context: Optional[Tensor] = None, guidance_scale: Optional[float] = None,
-           prediction_type: PredictionType = "epsilon", x_T: Optional[Tensor] = None,
+           prediction_type: Optional[PredictionType] = None, x_T: Optional[Tensor] = None,
            generator: Optional[torch.Generator] = None, return_trajectory: bool = False, progress: bool = True,
            spacing: str = "leading", clip_x0: bool = False, dynamic_threshold: Optional[float] = None,
            uncond_context: Optional[Tensor] = None, variance: Variance = "beta", add_noise: bool = True,
@@ -253,11 +253,14 @@ def sample(model, schedule: NoiseSchedule, shape, sampler: str = "ddim", steps: 
     "karras", see NoiseSchedule.timesteps). The default "leading" is the DDIM paper's and diffusers' grid, so
     that results compare with theirs; the course's DDIM grid is "trailing", the better one with few steps.
     context: [B, ...] conditioning; guidance_scale w: classifier-free guidance (needs context).
+    prediction_type: "epsilon" | "sample" | "v_prediction"; None: ``model.prediction_type`` when the model
+    has one (a loaded model does), else "epsilon".
     eta: DDIM's noise (0..1). variance / add_noise: DDPM options.
     x_T: the starting noise [B, C, H, W]; else drawn with `generator`.
     Returns x0 samples [B, C, H, W]; with return_trajectory, (x0, trajectory) where trajectory is
     {"x": [x_T, x after each step], "x0_pred": [...], "timesteps": [...], "nfe": int}, tensors on the CPU.
     """
+    prediction_type = model_prediction_type(model, prediction_type)
     shape, timesteps = check_sample_arguments(schedule, shape, sampler, steps, spacing, eta, variance, guidance_scale,
                                         context, dynamic_threshold, prediction_type, x_T)
     check_sampler_options(sampler, eta, variance, add_noise)

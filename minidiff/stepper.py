@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from . import samplers as S
-from .guidance import Denoiser
+from .guidance import Denoiser, model_prediction_type
 from .schedule import NoiseSchedule, PredictionType
 
 
@@ -36,9 +36,12 @@ class Stepper:
     """A sampler of samplers.SAMPLERS on a fixed grid, stepped by hand. See the module docstring."""
 
     def __init__(self, schedule: NoiseSchedule, sampler: str = "ddim", steps: Optional[int] = None,
-                 spacing: str = "leading", prediction_type: PredictionType = "epsilon", eta: float = 0.0,
+                 spacing: str = "leading", prediction_type: Optional[PredictionType] = None, eta: float = 0.0,
                  variance: S.Variance = "beta", add_noise: bool = True, clip_x0: bool = False,
-                 dynamic_threshold: Optional[float] = None):
+                 dynamic_threshold: Optional[float] = None, model=None):
+        """prediction_type: None takes ``model.prediction_type`` when `model` (the network you will call) is
+        given and has one (a loaded model does), else "epsilon". The other arguments are md.sample's."""
+        prediction_type = model_prediction_type(model, prediction_type)
         _, grid = S.check_sample_arguments(schedule, (1, 1), sampler, steps, spacing, eta, variance, None, None,
                                      dynamic_threshold, prediction_type)
         S.check_sampler_options(sampler, eta, variance, add_noise)

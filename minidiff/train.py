@@ -507,7 +507,8 @@ class Trainer:
             data={"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "history": self.history,
                   "source": source},
             train_config=self.config.to_dict(),
-            class_names=self.dataset_class_names() if self.example_context is not None else None)
+            class_names=self.dataset_class_names() if self.example_context is not None else None,
+            sample_shape=self.image_shape)
 
     def save(self, path: Optional[str] = None) -> Optional[str]:
         """Write a checkpoint (rank 0 only) to `path` or out_dir/checkpoint.pt; never with non-finite weights."""

@@ -59,8 +59,11 @@ def test_the_index_is_readable_json_and_the_weights_a_plain_state_dict(tmp_path)
 def test_score_unet_with_an_sde_kwarg_round_trips(tmp_path):
     torch.manual_seed(0)
     model = ckpt.build_model("ScoreUNet", channels=(8, 16, 32, 64), embed_dim=16, sde=md.VESDE(sigma=10.0))
-    md.save_pretrained(model, md.VESDE(sigma=10.0), tmp_path / "s")
+    with pytest.raises(ValueError, match=r"pass sample_shape=\(channels, height, width\)"):
+        md.save_pretrained(model, md.VESDE(sigma=10.0), tmp_path / "s")     # a size-agnostic net: nothing guessed
+    md.save_pretrained(model, md.VESDE(sigma=10.0), tmp_path / "s", sample_shape=(1, 28, 28))
     loaded, sde = md.load_pretrained(tmp_path / "s")
+    assert loaded.sample_shape == (1, 28, 28)
     assert isinstance(sde, md.VESDE) and sde.to_config() == md.VESDE(sigma=10.0).to_config()
     assert isinstance(loaded.sde, md.VESDE) and loaded.sde.to_config() == sde.to_config()
     x, t = torch.randn(2, 1, 28, 28), torch.rand(2)

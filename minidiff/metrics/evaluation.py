@@ -161,9 +161,9 @@ def measure(samples: Tensor, class_ids: Optional[Tensor], real_images: Tensor, c
 def evaluate(model, schedule: NoiseSchedule, n: int = 500, sampler: str = "ddim", steps: Optional[int] = None,
              guidance_scale: Optional[float] = None, *, dataset: Optional[str] = None, reference=None,
              classifier: Optional[FeatureClassifier] = None, seed: int = 0, batch_size: int = 250,
-             spacing: str = "leading", eta: float = 0.0, prediction_type: str = "epsilon", k: int = 3,
+             spacing: str = "leading", eta: float = 0.0, prediction_type: Optional[str] = None, k: int = 3,
              structure_tolerance: int = 24, structure_min_fraction: float = 0.8, device=None,
-             cache_dir: Optional[str] = None, progress: bool = False) -> dict:
+             cache_dir: Optional[str] = None, progress: bool = False, image_size: Optional[int] = None) -> dict:
     """Sample n class-balanced images from `model` and measure them (see the module docstring).
 
     model: a discrete-time network ``model(x, t, context)`` (ContextUnet: one-hot contexts). dataset:
@@ -172,7 +172,9 @@ def evaluate(model, schedule: NoiseSchedule, n: int = 500, sampler: str = "ddim"
     classifier: default ``feature_extractor(dataset)``.
     sampler / steps / spacing / eta / guidance_scale: as in ``minidiff.sample`` (guidance needs a
     conditional model). device: where the model is and the classifier runs (default: the model's
-    device). Returns a flat dict of plain numbers and strings (JSON-ready).
+    device). image_size: the samples' height and width (default: the model's recorded ``sample_shape``,
+    else the built-in data set's own size). prediction_type: None takes ``model.prediction_type``.
+    Returns a flat dict of plain numbers and strings (JSON-ready).
     """
     folder = reference if getattr(reference, "classes", None) is not None and hasattr(reference, "root") else None
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -182,7 +184,7 @@ def evaluate(model, schedule: NoiseSchedule, n: int = 500, sampler: str = "ddim"
             classifier = folder_feature_extractor(folder, device=device, cache_dir=cache_dir, progress=progress)
     else:
         dataset = dataset or infer_dataset(model)
-        size = getattr(model, "height", None) or NATIVE_SIZE[dataset]
+        size = _sample_size(model, image_size) or NATIVE_SIZE[dataset]
         channels, num_classes = (3 if dataset == "sprites" else 1), NUM_CLASSES[dataset]
         if classifier is None:
             classifier = feature_extractor(dataset, device=device, cache_dir=cache_dir, progress=progress)
@@ -225,31 +227,35 @@ def evaluate_checkpoint(path: str, n: int = 500, sampler: str = "ddim", steps: O
                         spacing: str = "leading", eta: float = 0.0, batch_size: int = 250,
                         dataset: Optional[str] = None, classifier: Optional[FeatureClassifier] = None,
                         cache_dir: Optional[str] = None, progress: bool = True,
-                        reference_dir: Optional[str] = None) -> dict:
+                        reference_dir: Optional[str] = None, image_size: Optional[int] = None) -> dict:
     """``evaluate`` the model saved at `path`, with the schedule and prediction type it was trained with.
 
     What it is measured against: `reference_dir` (a folder of real images with class subfolders; a
     feature classifier is trained on it), else `dataset` ("sprites" | "digits"), else the data the
     checkpoint says it was trained on, when a built-in feature network knows it; otherwise a ValueError
     says how to measure it. Uses the EMA weights when the checkpoint has them. The `minidiff eval` command.
+    The samples have the size the checkpoint records; `image_size` is needed only for a checkpoint written
+    before checkpoints recorded it (ValueError otherwise).
     """
     checkpoint = ckpt.load_checkpoint(path)
     model = ckpt.model_from_checkpoint(checkpoint, ema=True, device=device, path=os.fspath(path))
+    if _sample_size(model, image_size) is None:
+        raise ValueError(f"{path} does not record the size of its samples (written before checkpoints recorded "
+                         f"it): pass --image-size N (evaluate_checkpoint(..., image_size=N)), the size it was "
+                         f"trained at")
     reference = None
     if reference_dir is not None:
-        reference = _reference_folder(reference_dir, model, checkpoint.get("class_names"))
+        reference = _reference_folder(reference_dir, model, checkpoint.get("class_names"), image_size)
     elif dataset is None:
         dataset = _trained_on(checkpoint, model, os.fspath(path))
     schedule = ckpt.schedule_or_sde_from_checkpoint(checkpoint)
     if not isinstance(schedule, NoiseSchedule):
         raise ValueError(f"{path} holds a score-SDE model (or no schedule); evaluate supports discrete-time "
                          f"models trained with a NoiseSchedule")
-    prediction_type = (checkpoint.get("train_config") or {}).get("prediction_type", "epsilon")
     results = evaluate(model, schedule, n=n, sampler=sampler, steps=steps, guidance_scale=guidance_scale,
                        dataset=dataset, reference=reference, classifier=classifier, device=device, seed=seed,
-                       batch_size=batch_size,
-                       spacing=spacing, eta=eta, prediction_type=prediction_type, cache_dir=cache_dir,
-                       progress=progress)
+                       batch_size=batch_size, spacing=spacing, eta=eta, cache_dir=cache_dir,
+                       progress=progress, image_size=image_size)
     results["checkpoint"] = os.fspath(path)
     results["checkpoint_step"] = int(checkpoint.get("step", 0))
     return results
@@ -273,9 +279,20 @@ def _trained_on(checkpoint: dict, model, path: str) -> str:
                      f"feature classifier is trained on it (cached)")
 
 
-def _reference_folder(root: str, model, class_names):
+def _sample_size(model, image_size: Optional[int]) -> Optional[int]:
+    """`image_size` when given, else the height of the model's recorded sample shape (None if unknown)."""
+    from ..model_table import sample_shape_of
+    if image_size is not None:
+        if not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"image_size must be an int >= 1, got {image_size!r}")
+        return image_size
+    shape = sample_shape_of(model)
+    return shape[1] if shape is not None else None
+
+
+def _reference_folder(root: str, model, class_names, image_size: Optional[int] = None):
     """The labelled ImageFolder at `root`, read at the model's size and channels; its classes must be the model's."""
-    size = getattr(model, "height", None) or getattr(model, "image_size", None)
+    size = _sample_size(model, image_size)
     channels = getattr(model, "in_channels", 3)
     if size is None:
         raise ValueError(f"cannot tell the image size of {type(model).__name__} to read --reference {root} at")
@@ -329,6 +346,8 @@ def main(argv=None) -> int:
                         "trained on)")
     p.add_argument("--reference", metavar="DIR", help="measure against your own images: a folder with class "
                    "subfolders (DIR/<class>/<image>); a feature classifier is trained on it once and cached")
+    p.add_argument("--image-size", type=int, metavar="N", help="the samples' size, for a checkpoint written before "
+                   "checkpoints recorded it (default: the recorded size)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto (default)")
     p.add_argument("--cache-dir", help="feature classifier cache (default: $MINIDIFF_CACHE, else ~/.cache/minidiff)")
     p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
@@ -339,7 +358,8 @@ def main(argv=None) -> int:
     results = evaluate_checkpoint(args.checkpoint, n=args.n, sampler=args.sampler, steps=args.steps,
                                   guidance_scale=args.guidance_scale, seed=args.seed, device=device,
                                   spacing=args.spacing, eta=args.eta, batch_size=args.batch_size,
-                                  dataset=args.dataset, cache_dir=args.cache_dir, reference_dir=args.reference)
+                                  dataset=args.dataset, cache_dir=args.cache_dir, reference_dir=args.reference,
+                                  image_size=args.image_size)
     print(format_report(results))
     if args.json:
         from ..file_io import atomic_write_text

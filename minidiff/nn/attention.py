@@ -42,6 +42,7 @@ class CrossAttention(nn.Module):
         heads: int = 1,
         dim_head: Optional[int] = None,
         dropout: float = 0.0,
+        qkv_bias: bool = False,  # biases on the q, k, v projections (diffusers' Attention has them)
     ):
         super().__init__()
         if query_dim < 1:
@@ -59,9 +60,9 @@ class CrossAttention(nn.Module):
         self.query_dim, self.heads, self.dim_head, self.dropout = query_dim, heads, dim_head, dropout
         self.context_dim = query_dim if context_dim is None else context_dim
         inner = heads * dim_head
-        self.to_q = nn.Linear(query_dim, inner, bias=False)
-        self.to_k = nn.Linear(self.context_dim, inner, bias=False)
-        self.to_v = nn.Linear(self.context_dim, inner, bias=False)
+        self.to_q = nn.Linear(query_dim, inner, bias=qkv_bias)
+        self.to_k = nn.Linear(self.context_dim, inner, bias=qkv_bias)
+        self.to_v = nn.Linear(self.context_dim, inner, bias=qkv_bias)
         self.to_out = nn.Linear(inner, query_dim)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None, reference: bool = False,

@@ -46,16 +46,20 @@ def as_time_batch(t: Tensor | float, batch_size: int, like: Tensor) -> Tensor:
     return t.reshape(batch_size)
 
 
-def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0, flip_sin_to_cos: bool = False,
+                         freq_shift: float = 0.0) -> Tensor:
     """Transformer position encoding of a (possibly fractional) time: [B] -> [B, dim].
 
-    Half of the features are sin(t * f_k), half cos(t * f_k), with f_k = max_period^(-k / (dim/2)).
+    Half of the features are sin(t * f_k), half cos(t * f_k), with f_k = max_period^(-k / (dim/2 - freq_shift)).
+    flip_sin_to_cos puts the cos half first. freq_shift and flip_sin_to_cos are diffusers' `Timesteps`
+    options (downscale_freq_shift, flip_sin_to_cos); its UNet2DModel uses flip_sin_to_cos=True, freq_shift=0.
     """
     half = dim // 2
     k = torch.arange(half, device=t.device, dtype=torch.float32)
-    freqs = torch.exp(-math.log(max_period) * k / half)  # (half,)
+    freqs = torch.exp(-math.log(max_period) * k / (half - freq_shift))  # (half,)
     angles = t.float()[:, None] * freqs[None, :]  # (B, half)
-    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)  # (B, 2 * half)
+    sin_cos = (torch.cos(angles), torch.sin(angles)) if flip_sin_to_cos else (torch.sin(angles), torch.cos(angles))
+    emb = torch.cat(sin_cos, dim=-1)  # (B, 2 * half)
     if dim % 2 == 1:  # odd dim: pad one zero feature
         emb = F.pad(emb, (0, 1))
     return emb.to(t.dtype)
@@ -69,14 +73,19 @@ class SinusoidalEmbedding(nn.Module):
     so that the low frequencies still vary over the range of `t`.
     """
 
-    def __init__(self, dim: int, max_period: float = 10000.0, time_scale: float = 1000.0):
+    def __init__(self, dim: int, max_period: float = 10000.0, time_scale: float = 1000.0,
+                 flip_sin_to_cos: bool = False, freq_shift: float = 0.0):
         super().__init__()
         if dim < 2:
             raise ValueError(f"dim must be >= 2, got {dim}")
+        if not freq_shift < dim // 2:
+            raise ValueError(f"freq_shift must be below dim // 2 = {dim // 2}, got {freq_shift}")
         self.dim, self.max_period, self.time_scale = dim, max_period, time_scale
+        self.flip_sin_to_cos, self.freq_shift = flip_sin_to_cos, freq_shift
 
     def forward(self, t: Tensor) -> Tensor:
-        return sinusoidal_embedding(t * self.time_scale, self.dim, self.max_period)
+        return sinusoidal_embedding(t * self.time_scale, self.dim, self.max_period, self.flip_sin_to_cos,
+                                    self.freq_shift)
 
 
 class GaussianFourierProjection(nn.Module):

@@ -15,6 +15,11 @@ diffusers. The network, top to bottom (C = block_out_channels, L = layers_per_bl
 
 The up path pops exactly the skips the down path pushed (1 + K*L + (K-1) of them), last in first out.
 The time embedding goes only to the ResNet blocks; attention blocks see only the feature map.
+
+diffusers' time convention (num_train_timesteps=T, flip_sin_to_cos=True): the embedding reads the step
+index i = t * T - 1 (t = (i + 1) / T), as diffusers' unet(x, i) does, with cos before sin. With it and
+qkv_bias=True a UNet2D computes exactly what a UNet2DModel of the same config computes (diffusers_folder.py
+maps the weights' names).
 """
 
 from __future__ import annotations
@@ -65,14 +70,14 @@ class AttentionBlock(nn.Module):
     C // head_dim heads (diffusers' `attention_head_dim`, default 8).
     """
 
-    def __init__(self, channels: int, groups: int = 32, head_dim: Optional[int] = 8):
+    def __init__(self, channels: int, groups: int = 32, head_dim: Optional[int] = 8, qkv_bias: bool = False):
         super().__init__()
         if head_dim is not None and (head_dim < 1 or channels % head_dim != 0):
             raise ValueError(f"attention_head_dim={head_dim} must divide the attention channels {channels}")
         heads = 1 if head_dim is None else channels // head_dim
         self.channels = channels
         self.norm = nn.GroupNorm(groups, channels)
-        self.attn = CrossAttention(channels, None, heads=heads, dim_head=channels // heads)
+        self.attn = CrossAttention(channels, None, heads=heads, dim_head=channels // heads, qkv_bias=qkv_bias)
 
     def forward(self, x: Tensor, reference: bool = False) -> Tensor:
         _, _, h, w = x.shape
@@ -117,7 +122,8 @@ class UNet2D(nn.Module):
     Source: Ho et al. 2020 (DDPM) App. B; the configuration space of diffusers' UNet2DModel (HF course, unit 1).
     Call `model(x, t, context=None)`:
       x       [B, in_channels, H, W]   H and W divisible by 2^(levels - 1)
-      t       [B] float in (0, 1]      discrete step i as (i + 1) / T; embedded as t * time_scale (1000)
+      t       [B] float in (0, 1]      discrete step i as (i + 1) / T; embedded as t * time_scale (1000),
+                                       or as i = t * T - 1 with num_train_timesteps=T (diffusers' convention)
       context [B] int64 class ids in 0..num_class_embeds, or None (= the null id); only with num_class_embeds
       returns [B, out_channels, H, W]
 
@@ -133,11 +139,14 @@ class UNet2D(nn.Module):
       time_scale_shift    False: emb added to the features; True: emb scales and shifts them (ScaleShiftResnetBlock)
       num_class_embeds    None (unconditional) or the number of classes; id num_class_embeds = `null_id`,
                           the "no class" id for classifier-free guidance (context=None uses it too)
+      qkv_bias            biases on the attention's q, k and v projections (diffusers' Attention has them)
+      num_train_timesteps None: embed t * time_scale; T: embed the step index i = t * T - 1 (diffusers)
+      flip_sin_to_cos, freq_shift   the sinusoidal embedding's layout (diffusers' Timesteps options)
 
     Default config = the course's (in 1, out 1, (32, 64, 64), plain/attention/attention, L = 2):
-    1,704,897 parameters. diffusers' UNet2DModel has 1,707,009 (-0.12%): minidiff's CrossAttention has no
-    bias on q, k and v (3 * 64 = 192 numbers in each of the 11 attention blocks). The k bias cannot change
-    the softmax and the v bias is absorbed by the out bias (attention rows sum to 1), so only the 704 q
+    1,704,897 parameters; with qkv_bias=True, diffusers' 1,707,009 (as the course prints it): the difference is
+    the q, k and v biases (11 attention blocks). Without them nothing much is lost: the k bias cannot change
+    the softmax and the v bias is absorbed by the out bias (attention rows sum to 1), so only the q
     biases are real capacity. The course's 32x32 RGB butterflies net, UNet2D(3, block_out_channels=(64, 128,
     128, 256), block_types=("plain", "plain", "attention", "attention")): 18,529,795 (diffusers: 18,536,323).
     """
@@ -156,6 +165,10 @@ class UNet2D(nn.Module):
         time_scale_shift: bool = False,
         num_class_embeds: Optional[int] = None,
         time_scale: float = 1000.0,  # t in (0, 1] -> DDPM step units for the sinusoidal embedding
+        qkv_bias: bool = False,  # True: diffusers' attention (biases on q, k and v)
+        num_train_timesteps: Optional[int] = None,  # T: embed the step index i = t * T - 1 (diffusers)
+        flip_sin_to_cos: bool = False,  # diffusers' UNet2DModel: True (cos half first)
+        freq_shift: float = 0.0,  # diffusers' downscale_freq_shift (UNet2DModel: 0)
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -167,6 +180,11 @@ class UNet2D(nn.Module):
         self.block_types, self.layers_per_block = block_types, layers_per_block
         self.num_class_embeds = num_class_embeds
         self.null_id = num_class_embeds  # None for an unconditional net
+        if num_train_timesteps is not None and (not isinstance(num_train_timesteps, int) or num_train_timesteps < 1):
+            raise ValueError(f"num_train_timesteps must be None or an int >= 1, got {num_train_timesteps!r}")
+        self.num_train_timesteps = num_train_timesteps
+        self.mid_attention_on, self.time_scale_shift, self.qkv_bias = mid_attention, time_scale_shift, qkv_bias
+        self.norm_groups, self.attention_head_dim, self.dropout_p = norm_groups, attention_head_dim, dropout
         levels, emb_dim, groups = len(channels), 4 * channels[0], norm_groups
         Resnet = ScaleShiftResnetBlock if time_scale_shift else ResnetBlock
 
@@ -174,10 +192,11 @@ class UNet2D(nn.Module):
             return Resnet(c_in, c_out, emb_dim, groups=groups, dropout=dropout)
 
         def attention(kind: str, c: int) -> nn.Module:
-            return AttentionBlock(c, groups, attention_head_dim) if kind == "attention" else nn.Identity()
+            return AttentionBlock(c, groups, attention_head_dim, qkv_bias) if kind == "attention" else nn.Identity()
 
         # time (and class) embedding: [B] -> [B, emb_dim]
-        self.time_embed = SinusoidalEmbedding(channels[0], time_scale=time_scale)
+        self.time_embed = SinusoidalEmbedding(channels[0], time_scale=time_scale if num_train_timesteps is None
+                                              else 1.0, flip_sin_to_cos=flip_sin_to_cos, freq_shift=freq_shift)
         self.time_mlp = nn.Sequential(nn.Linear(channels[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_embed = None if num_class_embeds is None else nn.Embedding(num_class_embeds + 1, emb_dim)
 
@@ -221,6 +240,8 @@ class UNet2D(nn.Module):
 
     def embed(self, t: Tensor, context: Optional[Tensor], batch_size: int) -> Tensor:
         """Time (+ class) embedding: t [B], context [B] int64 or None -> [B, 4 * block_out_channels[0]]."""
+        if self.num_train_timesteps is not None:
+            t = step_index(t, self.num_train_timesteps)  # diffusers' convention: the index i itself
         emb = self.time_mlp(self.time_embed(t))  # (B, emb_dim)
         if self.class_embed is None:
             if context is not None:
@@ -269,6 +290,15 @@ class UNet2D(nn.Module):
         if x.shape[2] % factor or x.shape[3] % factor:
             raise ValueError(f"x's height and width must be divisible by 2^(levels - 1) = {factor} "
                              f"({len(self.block_out_channels)} levels), got {tuple(x.shape[2:])}")
+
+
+def step_index(t: Tensor, T: int) -> Tensor:
+    """t = (i + 1) / T -> i = t * T - 1: [B] -> [B] (same dtype). Within 1e-6 * T of an integer (float32 rounding
+    of t) it is that integer exactly, so the embedding sees diffusers' integer timestep; other (fractional)
+    steps, as on the karras grid, stay fractional."""
+    i = t.float() * T - 1
+    nearest = i.round()
+    return torch.where((i - nearest).abs() <= 1e-6 * T, nearest, i).to(t.dtype)
 
 
 def _check_config(in_channels, out_channels, channels, block_types, layers_per_block, norm_groups,
