@@ -11,7 +11,6 @@ after the Targets table (taken from bench_sampling.md) at the top.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -41,7 +40,8 @@ def split_section(lines, heading: str):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from minidiff.cli import OneLineParser  # usage errors: one line, exit 2
+    parser = OneLineParser(prog="minidiff bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the CPU subset (what `make bench` runs)")
     parser.add_argument("--device", default="cpu,cuda", help="comma list; cuda is skipped where absent")
     parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma list of {tuple(BENCHMARKS)}")

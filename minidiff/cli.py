@@ -18,6 +18,7 @@ import importlib
 import io
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -27,7 +28,7 @@ import torch
 from PIL import Image
 
 from . import checkpoint as ckpt
-from . import distributed, imaging, pretrained
+from . import distributed, imaging, limits, pretrained
 from .data import CLASS_NAMES
 from .distributed import StoppedByAnotherProcess
 from .file_io import atomic_write_text, run_folder_lock
@@ -39,15 +40,21 @@ from .schedule import SPACINGS, NoiseSchedule
 from .sde_samplers import sde_sample
 from .text_to_image import TextToImage
 from .train import Interrupted, Trainer, parse_device
+from .train_config import MAX_SEED, TrainConfig
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, KeyError)
 RUN_ERRORS = (FloatingPointError, OSError, RuntimeError)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (plus where to get help), exit code 2."""
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (plus where to get help), exit code 2. Every minidiff command
+    (train, sample, eval, bench) parses with it."""
+
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+_Parser = OneLineParser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +164,11 @@ def _main_thread() -> bool:
 
 
 def _fail(command: str, error: BaseException, code: int) -> int:
-    message = " ".join(str(error).split()) or type(error).__name__
+    text = str(error)
+    if "Original Traceback" in text:               # re-raised from a DataLoader worker: its own message is last
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if re.match(r"^[\w.]+: ", last) else last
+    message = " ".join(text.split()) or type(error).__name__
     if isinstance(error, KeyError):
         message = f"missing entry {message}"
     print(f"minidiff {command}: error: {message}", file=sys.stderr)
@@ -166,9 +177,12 @@ def _fail(command: str, error: BaseException, code: int) -> int:
 
 # -------------------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
+    if args.out is not None:
+        check_output_path(args.out, "--out", folder=True)
     run = resolve(args.preset, args.config)
     _apply_overrides(run, args)
-    out_dir = args.out or os.path.join("runs", run.get("preset") or "custom")
+    out_dir = args.out if args.out is not None else os.path.join("runs", run.get("preset") or "custom")
+    check_output_path(out_dir, "--out", folder=True)
     info = distributed.setup()
     try:
         built = build_run(run, out_dir=out_dir)
@@ -200,12 +214,19 @@ def cmd_train(args) -> int:
 
 
 def _apply_overrides(run: dict, args) -> None:
+    if args.seed is not None:
+        limits.check_int(args.seed, "--seed", 0, MAX_SEED)
     train = run.setdefault("train", {})
-    for name in ("steps", "batch_size", "lr", "device", "mixed_precision", "seed"):
-        if getattr(args, name) is not None:
-            train[name] = getattr(args, name)
+    for name in ("steps", "epochs", "batch_size", "lr", "device", "mixed_precision", "seed"):
+        value = getattr(args, name)
+        if value is not None:
+            try:                                                       # errors name the flag, not train.<name>
+                TrainConfig(**{name: value})
+            except ValueError as error:
+                raise ValueError(str(error).replace(f"TrainConfig.{name}", "--" + name.replace("_", "-"), 1)) from None
+            train[name] = value
     if args.epochs is not None:
-        train["epochs"], train["steps"] = args.epochs, None
+        train["steps"] = None
     if (args.sprites is None) != (args.labels is None):
         raise ValueError("--sprites and --labels go together")
     if args.data is not None and args.sprites is not None:
@@ -214,9 +235,11 @@ def _apply_overrides(run: dict, args) -> None:
         run["data"] = {"kind": "sprite_files", "sprites_path": args.sprites, "labels_path": args.labels}
     if args.data is None and (args.channels is not None or args.no_labels or args.image_size is not None):
         raise ValueError("--image-size, --channels and --no-labels go with --data DIR")
+    if args.image_size is not None:
+        limits.check_image_side(args.image_size, "--image-size")
     if args.data is not None:
         kwargs = run["model"].setdefault("kwargs", {})
-        size = args.image_size or kwargs.get("height")
+        size = args.image_size if args.image_size is not None else kwargs.get("height")
         if size is None:
             raise ValueError("--data needs --image-size N for this model")
         run["data"] = {"kind": "image_folder", "root": args.data, "size": size}
@@ -236,11 +259,15 @@ def cmd_sample(args) -> int:
                         ("--image-size", args.image_size)):                        # 0 is no default
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    limits.check_int(args.seed, "--seed", 0, MAX_SEED)
     if args.out is None:
         args.out = os.path.join(args.out_dir, "grid.png") if args.out_dir is not None else "samples.png"
     for name, value, extension in (("--out", args.out, ".png"), ("--gif", args.gif, ".gif")):
         if value is not None and not value.lower().endswith(extension):
             raise ValueError(f"{name} must name a {extension} file, got {value!r}")
+    for name, value in (("--out-dir", args.out_dir), ("--out", args.out), ("--gif", args.gif)):  # before any writing
+        if value is not None:
+            check_output_path(value, name, folder=name == "--out-dir")
     device = parse_device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if os.path.isdir(args.checkpoint):                                  # a save_pretrained or diffusers folder
         if args.raw:
@@ -269,6 +296,7 @@ def cmd_sample(args) -> int:
         raise ValueError(f"{args.checkpoint} records neither a noise schedule nor an SDE; it cannot be sampled")
     shape = (args.n, *_sample_shape(model, spec, args.image_size, args.checkpoint))
     context = parse_context(args.context, model, args.n, class_names) if args.context is not None else None
+    _check_sample_sizes(args, model, process, shape, context, device)
     generator = torch.Generator().manual_seed(args.seed)
     want_gif = args.gif is not None
     if type(process).__name__ == "RectifiedFlow":                          # a flow-matching (velocity) model
@@ -301,6 +329,39 @@ def cmd_sample(args) -> int:
         imaging.save_trajectory_gif(trajectory["x"], args.gif, nrow=args.nrow, scale=args.scale)
         print(f"wrote {args.gif}")
     return 0
+
+
+def _check_sample_sizes(args, model, process, shape, context, device) -> None:
+    """--n, --nrow, --scale (and --gif's frames): the memory they imply, within minidiff.limits, before sampling."""
+    if isinstance(process, NoiseSchedule):
+        steps = args.steps or 25 if (args.sampler or "ddim") != "ddpm" else process.T
+        saved = 2 * steps if args.gif is not None else 0              # x and x0_pred of every step
+    else:
+        steps = args.steps or 500
+        saved = steps if args.gif is not None else 0
+    n, image_shape = shape[0], shape[1:]
+    limits.check_grid(n, image_shape[1], image_shape[2], args.nrow, args.scale, ("--n", "--nrow", "--scale"),
+                      frames=min(steps + 1, 100) if args.gif is not None else 1)
+    limits.check_sampling_memory(model, n, image_shape, None if context is None else context[0], device,
+                                 trajectory=saved)
+
+
+def check_output_path(path: str, name: str, folder: bool = False) -> None:
+    """Refuse, before anything is written, an output path that cannot be written: empty, a file where a folder
+    is wanted (or the reverse), under a file, or in a folder that is not writable. ValueError naming `name`."""
+    if path == "" or path.strip() == "":
+        raise ValueError(f"{name} must not be empty")
+    if folder and os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{name} {path} is an existing file; give a folder")
+    if not folder and os.path.isdir(path):
+        raise ValueError(f"{name} {path} is an existing folder; give a file name")
+    parent = os.path.dirname(os.path.abspath(path if not (folder and os.path.isdir(path)) else path + "/x"))
+    while not os.path.exists(parent):                                  # the nearest existing folder above it
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{name} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{name} {path}: the folder {parent} is not writable")
 
 
 def _sample_text_to_image(args, device) -> int:

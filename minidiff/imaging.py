@@ -52,7 +52,13 @@ def make_grid(images: Tensor, nrow: Optional[int] = None, padding: int = 1, pad_
 
 
 def grid_image(images: Tensor, nrow: Optional[int] = None, scale: int = 4, padding: int = 1) -> Image.Image:
-    """make_grid as a PIL image, enlarged `scale` times with nearest-neighbour resampling."""
+    """make_grid as a PIL image, enlarged `scale` times with nearest-neighbour resampling.
+
+    Its size is checked before anything is drawn (minidiff.limits: each side at most 65,535 pixels)."""
+    from .limits import check_grid
+    shape = torch.as_tensor(images).shape
+    if len(shape) == 4:
+        check_grid(shape[0], shape[2], shape[3], nrow, scale)
     image = Image.fromarray(make_grid(images, nrow, padding))
     if scale != 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)

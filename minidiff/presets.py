@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import data
+from .config_types import MAX_DEPTH, check_depth, check_kwargs, check_value, shown
 from .model_table import build_model
 from .schedule import NoiseSchedule
 from .sde import sde_from_config
@@ -83,35 +84,123 @@ SCHEDULE_KINDS = {"course": NoiseSchedule.course, "linear": NoiseSchedule.linear
 CLASS_COUNT_KWARGS = ("n_cfeat", "num_class_embeds", "num_classes")   # ContextUnet, UNet2D, score UNets
 
 
+KIND_KEYS = {"schedule": ("kind", "linear"), "data": ("kind", None), "sde": ("class", None)}   # key, default
+
+
 def resolve(preset: Optional[str] = None, config_path: Optional[str] = None) -> dict:
-    """The run description from a preset, a JSON file (which may name its own base "preset"), or both."""
+    """The run description from a preset, a JSON file (which may name its own base "preset"), or both.
+
+    A section of the file is merged key by key into the preset's section of the same kind; a section of
+    another kind ({"schedule": {"kind": "cosine"}} on a linear preset, another data "kind", another SDE
+    "class") and the "model" section replace the preset's. Every section is type-checked (check_run).
+    """
     overrides = read_json(config_path) if config_path is not None else {}
+    where = config_path or "the run description"
+    unknown = [section for section in overrides if section not in SECTIONS]
+    if unknown:
+        raise ValueError(f"{where}: unknown config section(s) {unknown}; known sections: {list(SECTIONS)}")
+    check_value(overrides.get("preset"), Optional[str], "preset")
+    check_value(overrides.get("description", ""), str, "description")
+    for section in ("model", "schedule", "sde", "data", "train"):
+        if section in overrides:
+            check_value(overrides[section], dict, section)
+    if "schedule" in overrides and "sde" in overrides:
+        raise ValueError(f"{where}: give one of the sections \"schedule\" (a discrete-time run) and \"sde\" "
+                         f"(a score-SDE run), not both")
     base_name = overrides.get("preset", preset)
     if preset is not None and overrides.get("preset") not in (None, preset):
         raise ValueError(f"--preset {preset} and the config's \"preset\": {overrides['preset']!r} disagree")
     if base_name is None and config_path is None:
         base_name = "smoke"
     if base_name is not None and base_name not in PRESETS:
-        raise ValueError(f"unknown preset {base_name!r}; choose one of {sorted(PRESETS)}")
+        raise ValueError(f"preset: unknown preset {base_name!r}; choose one of {sorted(PRESETS)}")
     run = copy.deepcopy(PRESETS[base_name]) if base_name is not None else {}
     run["preset"] = base_name
     for section, values in overrides.items():
-        if section not in SECTIONS:
-            raise ValueError(f"unknown config section {section!r}; known sections: {list(SECTIONS)}")
         if section == "sde":
             run.pop("schedule", None)
-        if isinstance(values, dict) and isinstance(run.get(section), dict) and section != "model":
-            run[section] = {**run[section], **values}
+        if section == "schedule":
+            run.pop("sde", None)
+        base = run.get(section)
+        if isinstance(values, dict) and isinstance(base, dict) and _same_kind(section, base, values):
+            run[section] = {**base, **copy.deepcopy(values)}
         else:
             run[section] = copy.deepcopy(values)
     for section in ("model", "data", "train"):
         if section not in run:
             raise ValueError(f"the run description has no {section!r} section")
+    check_run(run)
     return run
 
 
+def _same_kind(section: str, base: dict, values: dict) -> bool:
+    """Whether a config section may be merged into the preset's: same kind (schedule, data), same SDE class.
+    The model section always replaces (its kwargs belong to its class)."""
+    if section == "model":
+        return False
+    if section not in KIND_KEYS:
+        return True
+    key, default = KIND_KEYS[section]
+    return values.get(key, base.get(key, default)) == base.get(key, default)
+
+
+def check_run(run: dict) -> None:
+    """Type-check a resolved run description against the schema: every section, key and value, with errors
+    that name the field's path ("train.lr: expected a number, got \"0.1\""), and the sizes it implies
+    against minidiff.limits (image sides, data in memory)."""
+    from . import limits
+    from .model_table import model_classes
+    check_depth(run, "the run description")
+    check_value(run.get("model"), dict, "model")
+    model = run["model"]
+    unknown = sorted(set(model) - {"class", "kwargs"})
+    if unknown:
+        raise ValueError(f"model: unknown field(s) {unknown}; known fields: ['class', 'kwargs']")
+    classes = model_classes()
+    check_value(model.get("class"), str, "model.class")
+    if model["class"] not in classes:
+        raise ValueError(f"model.class: expected one of {sorted(classes)}, got {model['class']!r}")
+    kwargs = model.get("kwargs", {})
+    check_kwargs(classes[model["class"]], kwargs, "model.kwargs")
+    for name in ("height", "image_size", "sample_size"):
+        if isinstance(kwargs.get(name), int):
+            limits.check_image_side(kwargs[name], f"model.kwargs.{name}")
+    if run.get("sde") is not None:
+        from .sde import SDE_CLASSES
+        sde = run["sde"]
+        check_value(sde, dict, "sde")
+        unknown = sorted(set(sde) - {"class", "kwargs"})
+        if unknown:
+            raise ValueError(f"sde: unknown field(s) {unknown}; known fields: ['class', 'kwargs']")
+        if sde.get("class") not in SDE_CLASSES:
+            raise ValueError(f"sde.class: expected one of {sorted(SDE_CLASSES)}, got {shown(sde.get('class'))}")
+        check_kwargs(SDE_CLASSES[sde["class"]], sde.get("kwargs", {}), "sde.kwargs")
+    elif run.get("schedule") is not None:
+        schedule = run["schedule"]
+        check_value(schedule, dict, "schedule")
+        kind = schedule.get("kind", "linear")
+        if kind not in SCHEDULE_KINDS:
+            raise ValueError(f"schedule.kind: expected one of {sorted(SCHEDULE_KINDS)}, got {shown(kind)}")
+        check_kwargs(SCHEDULE_KINDS[kind], {k: v for k, v in schedule.items() if k != "kind"}, "schedule")
+    data = run["data"]
+    check_value(data, dict, "data")
+    builders = _data_builders()
+    if data.get("kind") not in builders:
+        raise ValueError(f"data.kind: expected one of {list(builders)}, got {shown(data.get('kind'))}")
+    check_kwargs(builders[data["kind"]], {k: v for k, v in data.items() if k != "kind"}, "data")
+    if "size" in data:
+        limits.check_image_side(data["size"], "data.size")
+    if "n" in data and isinstance(data["n"], int) and data["kind"].startswith("procedural"):
+        side, channels = data.get("size", 16 if data["kind"] == "procedural_sprites" else 28), 3
+        limits.check_memory(2 * limits.FLOAT_BYTES * data["n"] * channels * side * side,
+                            f"data.n {data['n']}: {data['n']:,} generated images of {side}x{side} held in memory")
+    TrainConfig.from_dict(run["train"], where="train")
+
+
 def read_json(path: str) -> dict:
-    """A JSON object from `path`, with errors that name the file."""
+    """A JSON object from `path`, with errors that name the file (nesting deeper than config_types.MAX_DEPTH too)."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"config file {path} is a directory")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file not found: {path}")
     try:
@@ -119,8 +208,11 @@ def read_json(path: str) -> dict:
             values = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"config file {path} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ValueError(f"config file {path} is nested too deeply (at most {MAX_DEPTH} levels)") from None
     if not isinstance(values, dict):
         raise ValueError(f"config file {path} must hold a JSON object, got {type(values).__name__}")
+    check_depth(values, f"config file {path}")
     return values
 
 
@@ -140,7 +232,10 @@ def build_run(run: dict, out_dir: Optional[str] = None) -> Run:
 
     A labelled image folder (class subfolders) decides the model's number of classes: its class-count
     argument (n_cfeat, num_class_embeds or num_classes) is set to the folder's, in `run` too.
+    Everything is checked first (check_run), the model's parameters counted on the meta device.
     """
+    from . import limits
+    check_run(run)
     train = dict(run["train"])
     if out_dir is not None:
         train["out_dir"] = out_dir
@@ -166,7 +261,12 @@ def build_run(run: dict, out_dir: Optional[str] = None) -> Run:
     if sde is not None and spec["class"] in ("ScoreUNet", "ResidualScoreUNet", "ConditionalScoreUNet",
                                              "LatentScoreUNet"):
         kwargs.setdefault("sde", sde)                                   # score UNets divide by the marginal std
-    config = TrainConfig.from_dict(train)
+    config = TrainConfig.from_dict(train, where="train")
+    meta = limits.build_on_meta(spec["class"], kwargs, "model.kwargs")   # its size, before allocating it
+    if meta is not None:
+        limits.check_memory(limits.TRAINING_STATE_COPIES * limits.FLOAT_BYTES * limits.parameter_count(meta),
+                            f"model.kwargs: {spec['class']} with {limits.parameter_count(meta):,} parameters "
+                            f"(weights, gradients, EMA and AdamW state)")
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)                              # initial weights: the seed alone decides
@@ -184,6 +284,12 @@ def build_schedule(values: dict) -> NoiseSchedule:
     return SCHEDULE_KINDS[kind](**values)
 
 
+def _data_builders() -> dict:
+    return {"procedural_sprites": data.ProceduralSprites, "sprites": data.load_sprites,
+            "sprite_files": data.SpritesDataset, "image_folder": data.ImageFolder,
+            "procedural_digits": data.ProceduralDigits}
+
+
 def build_dataset(values: dict):
     """procedural_sprites {n, seed} | sprites {root, n, seed} (course files, else procedural) |
     sprite_files {sprites_path, labels_path} | image_folder {root, size, channels, labelled, random_flip} |
@@ -191,9 +297,7 @@ def build_dataset(values: dict):
 
     values = dict(values)
     kind = values.pop("kind", None)
-    builders = {"procedural_sprites": data.ProceduralSprites, "sprites": data.load_sprites,
-                "sprite_files": data.SpritesDataset, "image_folder": data.ImageFolder,
-                "procedural_digits": data.ProceduralDigits}
+    builders = _data_builders()
     if kind not in builders:
         raise ValueError(f"data kind must be one of {list(builders)}, got {kind!r}")
     try:

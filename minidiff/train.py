@@ -194,6 +194,7 @@ class Trainer:
                           f"({_cpu_capability(self.device)}): training runs several times slower than in float32; "
                           f"use mixed_precision='auto' (bf16 only where it is native) or 'no'", stacklevel=2)
 
+        self._check_memory(model, c)                                     # before anything big is allocated
         self.model_spec = model_spec(model, model_kwargs)
         self.model = model.to(self.device)
         if c.channels_last:
@@ -630,6 +631,19 @@ class Trainer:
         return trainer
 
     # ------------------------------------------------------------------ checks
+    def _check_memory(self, model: nn.Module, c: TrainConfig) -> None:
+        """The memory a step (and a sample grid) needs, estimated on the meta device, within limits.memory_limit."""
+        from . import limits
+        x, context = _split(self.dataset[0])
+        x = torch.as_tensor(x)
+        context = _model_context(model, torch.as_tensor(context)) if context is not None else None
+        micro_batch = max(1, c.batch_size // (self.dist.world_size * c.grad_accum_steps))
+        limits.check_training_memory(model, tuple(x.shape), context, micro_batch, self.device,
+                                     what=f"TrainConfig.batch_size {c.batch_size}")
+        if c.sample_every or c.tensorboard:
+            limits.check_sampling_memory(model, 10 * c.samples_per_class, tuple(x.shape), context, self.device,
+                                         name="TrainConfig.samples_per_class")
+
     def _check_model_takes_data(self):
         """One forward pass on dataset[0]: a clear error now instead of a shape error deep in step 1."""
         x, context = _split(self.dataset[0])

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import typing
 import warnings
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, Tuple, Union
 
 import torch
 
+from .config_types import check_value
 from .losses import WEIGHTINGS, Weighting
 from .schedule import PREDICTION_TYPES, PredictionType
 
@@ -25,6 +28,7 @@ Objective = Literal["diffusion", "dsm", "flow"]
 DECAYS = ("linear", "cosine", "constant")
 MIXED_PRECISIONS = ("no", "bf16", "fp16", "auto")
 OBJECTIVES = ("diffusion", "dsm", "flow")
+MAX_SEED = 2**63 - 1                      # torch.Generator.manual_seed takes at most 64 bits
 
 
 @dataclass
@@ -40,7 +44,7 @@ class TrainConfig:
     decay: Decay = "linear"               # after warm-up: "linear" to min_lr (the course) | "cosine" | "constant"
     min_lr: float = 0.0                   # the learning rate reached at the last step
     weight_decay: float = 0.0             # AdamW's decoupled weight decay
-    adam_betas: tuple = (0.9, 0.999)      # AdamW's moment decay rates
+    adam_betas: Tuple[float, float] = (0.9, 0.999)   # AdamW's moment decay rates
     grad_clip: Optional[float] = 1.0      # clip the global gradient norm to this; None: no clipping
     ema_decay: float = 0.999              # EMA weights: ema = d * ema + (1 - d) * w after every step
     ema_warmup: bool = True               # use d_k = min(ema_decay, (1 + k) / (10 + k)) early on
@@ -62,12 +66,17 @@ class TrainConfig:
     checkpoint_every: int = 0             # write out_dir/checkpoint.pt this often (and always at the end)
     keep_last: int = 0                    # also keep the newest N of those as out_dir/checkpoints/step_NNNNNN.pt
     tensorboard: bool = False             # also log loss, lr and sample grids to out_dir/tensorboard (extra)
-    out_dir: Optional[str] = None         # where files go; None: train in memory, write nothing
+    out_dir: Optional[Union[str, os.PathLike]] = None   # where files go; None: train in memory, write nothing
     device: str = "auto"                  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:1" ...
     num_workers: int = 0                  # DataLoader worker processes
     progress: bool = True                 # show a tqdm bar with loss, lr and images/s
 
     def __post_init__(self):
+        hints = typing.get_type_hints(TrainConfig)                       # JSON types: "0.1" is not a number
+        for field in dataclasses.fields(self):                         # choices (Literal): checked below
+            if typing.get_origin(hints[field.name]) is not typing.Literal:
+                check_value(getattr(self, field.name), hints[field.name], f"TrainConfig.{field.name}")
+
         def check(name, value, allowed):
             if value not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {value!r}")
@@ -86,6 +95,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"TrainConfig.{name} must be an integer >= {minimum}, got {value!r}")
+        if self.seed > MAX_SEED:
+            raise ValueError(f"TrainConfig.seed must be an integer in [0, 2**63 - 1], got {self.seed}")
         for name, low, high in (("context_dropout", 0.0, 1.0), ("ema_decay", 0.0, 1.0)):
             if not low <= getattr(self, name) <= high:                 # NaN fails too
                 raise ValueError(f"TrainConfig.{name} must lie in [{low}, {high}], got {getattr(self, name)}")
@@ -106,10 +117,12 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict, where: str = "TrainConfig") -> "TrainConfig":
         """Build from a plain dict; unknown keys are an error that lists the known ones.
 
+        where: how errors name the fields, e.g. "train" (a config file's section): "train.lr: expected ...".
         "dsm_eps" (older checkpoints and files) is read as dsm_t_min, with a DeprecationWarning."""
+        check_value(values, dict, where)
         if "dsm_eps" in values:
             warnings.warn("TrainConfig field dsm_eps is now dsm_t_min; the old name is read until the next release",
                           DeprecationWarning, stacklevel=2)
@@ -117,8 +130,15 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
+            prefix = "unknown TrainConfig field(s)" if where == "TrainConfig" else f"{where}: unknown field(s)"
+            raise ValueError(f"{prefix} {unknown}; known fields: {sorted(known)}")
+        try:
+            return cls(**values)
+        except ValueError as error:
+            message = str(error)
+            if where != "TrainConfig" and message.startswith("TrainConfig."):
+                message = where + "." + message[len("TrainConfig."):]
+            raise ValueError(message) from None
 
 
 def lr_at(step: int, config: TrainConfig, total_steps: int) -> float:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..limits import check_image_side
 from .convert import from_uint8_images
 from .counter_rng import random_bits
 
@@ -132,6 +133,7 @@ class ImageFolder(Dataset):
             raise FileNotFoundError(f"image folder not found: {root}")
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
             raise ValueError(f"size must be a positive int, got {size!r}")
+        check_image_side(size, "size")                                   # at most limits.MAX_IMAGE_SIDE
         if isinstance(channels, bool) or channels not in (1, 3):
             raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels!r}")
         if labelled not in (None, True, False):

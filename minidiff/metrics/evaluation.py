@@ -31,7 +31,6 @@ samplers evaluated with the same seed start from the same x_T: their numbers dif
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -61,6 +60,17 @@ FLOOR_SEED = 2025           # the second real set, for fd_real
 # the training data classes (Trainer records type(dataset).__name__) that a built-in feature network knows
 FEATURE_DATASETS = {"ProceduralSprites": "sprites", "SpriteArrays": "sprites", "SpritesDataset": "sprites",
                     "ProceduralDigits": "digits", "DigitArrays": "digits"}
+
+
+MIN_SAMPLES = 8             # 2 k + 2 for the k-NN precision/recall with k = 3
+
+
+def _check_memory(model, n: int, batch_size: int, shape, device) -> None:
+    """n samples (and two real sets of n) on the CPU, a batch of samples on `device`: within minidiff.limits."""
+    from .. import limits
+    limits.check_memory(3 * n * limits.FLOAT_BYTES * math.prod(shape),
+                        f"n {n}: {n:,} samples and two real sets of {'x'.join(map(str, shape))} images")
+    limits.check_sampling_memory(model, min(n, batch_size), shape, device=device, name="batch_size")
 
 
 def infer_dataset(model) -> str:
@@ -176,6 +186,11 @@ def evaluate(model, schedule: NoiseSchedule, n: int = 500, sampler: str = "ddim"
     else the built-in data set's own size). prediction_type: None takes ``model.prediction_type``.
     Returns a flat dict of plain numbers and strings (JSON-ready).
     """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2 * k + 2:       # before any classifier training
+        raise ValueError(f"n must be at least {2 * k + 2} (an integer) for k-NN precision/recall with k={k}, "
+                         f"got {n!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     folder = reference if getattr(reference, "classes", None) is not None and hasattr(reference, "root") else None
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if folder is not None:                                           # a labelled ImageFolder
@@ -188,8 +203,7 @@ def evaluate(model, schedule: NoiseSchedule, n: int = 500, sampler: str = "ddim"
         channels, num_classes = (3 if dataset == "sprites" else 1), NUM_CLASSES[dataset]
         if classifier is None:
             classifier = feature_extractor(dataset, device=device, cache_dir=cache_dir, progress=progress)
-    if n < 2 * k + 2:
-        raise ValueError(f"n must be at least {2 * k + 2} for k-NN precision/recall with k={k}, got {n}")
+    _check_memory(model, n, batch_size, (channels, size, size), device)
 
     class_ids = torch.arange(n) % num_classes                         # balanced: sample k gets class k % K
     conditional = class_contexts(model, class_ids[:1]) is not None
@@ -328,8 +342,10 @@ def format_report(results: dict) -> str:
 
 def main(argv=None) -> int:
     """``python -m minidiff eval --checkpoint X [--sampler ddim --steps 25 --guidance 2 --n 500 ...]``."""
-
-    p = argparse.ArgumentParser(prog="minidiff eval", description="sample-quality metrics of a checkpoint "
+    from ..cli import OneLineParser, check_output_path  # here: the cli imports this module
+    from ..limits import check_int
+    from ..train_config import MAX_SEED
+    p = OneLineParser(prog="minidiff eval", description="sample-quality metrics of a checkpoint "
                                 "(Fréchet distance, class accuracy, precision/recall, diversity, sprite structure)")
     p.add_argument("--checkpoint", required=True, help="a minidiff checkpoint (discrete-time model)")
     p.add_argument("--sampler", default="ddim", choices=tuple(SAMPLERS), help="default ddim")
@@ -354,6 +370,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.dataset is not None and args.reference is not None:
         raise ValueError("choose one of --dataset and --reference")
+    check_int(args.n, "--n", MIN_SAMPLES)                      # every argument before any classifier training
+    check_int(args.batch_size, "--batch-size", 1)
+    check_int(args.seed, "--seed", 0, MAX_SEED)
+    if args.steps is not None:
+        check_int(args.steps, "--steps", 1)
+    if args.json is not None:
+        check_output_path(args.json, "--json")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     results = evaluate_checkpoint(args.checkpoint, n=args.n, sampler=args.sampler, steps=args.steps,
                                   guidance_scale=args.guidance_scale, seed=args.seed, device=device,
