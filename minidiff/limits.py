@@ -173,7 +173,8 @@ def check_training_memory(model: nn.Module, image_shape, context, batch: int, de
                  f"(weights, gradients, EMA and AdamW state)", device)
     per_image = activation_bytes(model, image_shape, context)
     if per_image is not None:
-        check_memory(state + batch * per_image, f"{what}: a batch of {batch} images of {'x'.join(map(str, image_shape))} "
+        size = "x".join(map(str, image_shape))
+        check_memory(state + batch * per_image, f"{what}: a batch of {batch} images of {size} "
                      f"through {type(model).__name__} ({format_bytes(per_image)} of activations per image)", device)
 
 

@@ -311,11 +311,17 @@ class Trainer:
             loader = DataLoader(self.dataset, batch_size=self.local_batch, sampler=indices, drop_last=True,
                                 num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda",
                                 worker_init_fn=_leave_signals_to_the_trainer if self.config.num_workers else None)
-            for batch in loader:
-                self.batch_in_epoch += 1
-                if self.batch_in_epoch == self.steps_per_epoch:
-                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                yield batch
+            iterator = iter(loader)
+            try:
+                for batch in iterator:
+                    self.batch_in_epoch += 1
+                    if self.batch_in_epoch == self.steps_per_epoch:
+                        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    yield batch
+            finally:       # stop the workers now: they ignore SIGTERM, so exit-time cleanup could not end them
+                shutdown = getattr(iterator, "_shutdown_workers", None)
+                if shutdown is not None:
+                    shutdown()
 
     def fit(self, resume: bool = False) -> "Trainer":
         """Train until the configured end; with resume, first continue from out_dir/checkpoint.pt if it exists
