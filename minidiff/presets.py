@@ -166,15 +166,17 @@ def check_run(run: dict) -> None:
         if isinstance(kwargs.get(name), int):
             limits.check_image_side(kwargs[name], f"model.kwargs.{name}")
     if run.get("sde") is not None:
+        from .flow import RectifiedFlow
         from .sde import SDE_CLASSES
+        sde_classes = {**SDE_CLASSES, "RectifiedFlow": RectifiedFlow}          # what sde_from_config rebuilds
         sde = run["sde"]
         check_value(sde, dict, "sde")
         unknown = sorted(set(sde) - {"class", "kwargs"})
         if unknown:
             raise ValueError(f"sde: unknown field(s) {unknown}; known fields: ['class', 'kwargs']")
-        if sde.get("class") not in SDE_CLASSES:
-            raise ValueError(f"sde.class: expected one of {sorted(SDE_CLASSES)}, got {shown(sde.get('class'))}")
-        check_kwargs(SDE_CLASSES[sde["class"]], sde.get("kwargs", {}), "sde.kwargs")
+        if sde.get("class") not in sde_classes:
+            raise ValueError(f"sde.class: expected one of {sorted(sde_classes)}, got {shown(sde.get('class'))}")
+        check_kwargs(sde_classes[sde["class"]], sde.get("kwargs", {}), "sde.kwargs")
     elif run.get("schedule") is not None:
         schedule = run["schedule"]
         check_value(schedule, dict, "schedule")
