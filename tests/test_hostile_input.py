@@ -194,7 +194,7 @@ CONFIG_ROWS = [  # (id, config, pattern)
     ("adam_betas three", {**SMOKE, "train": {"adam_betas": [0.9, 0.9, 0.9]}},
      r"train.adam_betas: expected a list of 2"),
     ("grad_clip a list", {**SMOKE, "train": {"grad_clip": [1]}}, r"train.grad_clip: expected null or a number"),
-    ("decay a number", {**SMOKE, "train": {"decay": 3}}, r"train.decay: expected a string, got 3"),
+    ("decay a number", {**SMOKE, "train": {"decay": 3}}, r"train.decay.* got 3"),
     ("lr out of range", {**SMOKE, "train": {"lr": -1}}, r"train.lr must be a finite number > 0, got -1"),
     ("seed too large", {**SMOKE, "train": {"seed": 2**70}}, r"train.seed must be an integer in \[0, 2\*\*63 - 1\]"),
     ("train unknown field", {**SMOKE, "train": {"stpes": 3}}, r"train: unknown field\(s\) \['stpes'\]"),
