@@ -159,8 +159,12 @@ def test_gradients_reach_every_parameter(name, model, run):
         assert p.grad is not None, f"{name}.{pname} got no gradient"
         assert torch.isfinite(p.grad).all(), f"{name}.{pname}"
         # With a single key (one class token, or a 1x1 map in self-attention) softmax is exactly 1 and
-        # does not depend on q or k: their gradient is zero by construction, not by a broken graph.
-        if not pname.endswith(("to_q.weight", "to_k.weight")):
+        # does not depend on q or k: their gradient is zero by construction, not by a broken graph. So is the
+        # gradient of the LayerNorm that feeds only the query of a cross-attention over ONE class token
+        # (LatentScoreUNet: norm2 before attn_cross); whether a fused SDPA backward returns exactly 0 or a
+        # round-off residue there depends on the input, so it is not asserted either way.
+        single_key_query = name == "LatentScoreUNet" and ".transformer.norm2." in pname
+        if not pname.endswith(("to_q.weight", "to_k.weight")) and not single_key_query:
             assert p.grad.abs().sum() > 0, f"{name}.{pname} got an all-zero gradient"
 
 
