@@ -43,4 +43,4 @@ def test_performance_section_is_a_reference_not_a_run_log():
     assert len(tables) >= 2
     for above, table in tables:
         assert len(table.splitlines()) >= 3, table                                       # header, rule, a row
-        assert re.search(r"`(python benchmarks/\w+\.py|make bench)", above), f"no command above:\n{table}"
+        assert re.search(r"`(python (benchmarks|examples)/\w+\.py|make bench)", above), f"no command above:\n{table}"
