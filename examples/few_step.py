@@ -84,10 +84,9 @@ def class_samples(model, schedule, steps, sampler, guidance, per_class, seed, de
 
 
 def measure(model, schedule, steps, sampler, guidance, n, seed, device, prediction):
-    from minidiff import metrics
-    return metrics.evaluate(model, schedule, n=n, sampler=sampler, steps=steps, spacing=SPACING if sampler == "ddim"
-                            else "leading", guidance_scale=guidance, seed=seed, device=device,
-                            prediction_type=prediction)
+    return md.metrics.evaluate(model, schedule, n=n, sampler=sampler, steps=steps, spacing=SPACING if sampler == "ddim"
+                               else "leading", guidance_scale=guidance, seed=seed, device=device,
+                               prediction_type=prediction)
 
 
 def main(argv=None):

@@ -145,9 +145,11 @@ def progressive_distillation(teacher: nn.Module, schedule: NoiseSchedule, datase
     on_round(round): called after each round (write a grid, measure quality...).
     """
     from .train import Trainer  # train imports nothing from here
-    if teacher_steps < 2 or teacher_steps & (teacher_steps - 1):
+    def power_of_two(n) -> bool:
+        return isinstance(n, int) and not isinstance(n, bool) and n >= 1 and not n & (n - 1)
+    if not power_of_two(teacher_steps) or teacher_steps < 2:
         raise ValueError(f"teacher_steps must be a power of two >= 2, got {teacher_steps!r}")
-    if final_steps < 1 or final_steps >= teacher_steps or final_steps & (final_steps - 1):
+    if not power_of_two(final_steps) or final_steps >= teacher_steps:
         raise ValueError(f"final_steps must be a power of two below teacher_steps = {teacher_steps}, got "
                          f"{final_steps!r}")
     nested_grids(schedule, teacher_steps // 2)                            # every round's grids, checked up front

@@ -58,9 +58,14 @@ def test_grids_nest_and_bad_step_counts_are_refused(schedule):
     assert student.tolist() == teacher[::2].tolist() and student[0] == schedule.T - 1
     with pytest.raises(ValueError, match="student_steps must be at most T / 2"):
         nested_grids(schedule, 33)
-    with pytest.raises(ValueError, match="teacher_steps must be a power of two"):
-        progressive_distillation(LinearPerStep(schedule), schedule, torch.zeros(8, 1, 2, 2), md.TrainConfig(),
-                                 teacher_steps=6, prediction_type="sample")
+    for bad in (6, 8.0, "8", True, 0):
+        with pytest.raises(ValueError, match="teacher_steps must be a power of two"):
+            progressive_distillation(LinearPerStep(schedule), schedule, torch.zeros(8, 1, 2, 2), md.TrainConfig(),
+                                     teacher_steps=bad, prediction_type="sample")
+    for bad in (3, 8, 1.0):
+        with pytest.raises(ValueError, match="final_steps must be a power of two"):
+            progressive_distillation(LinearPerStep(schedule), schedule, torch.zeros(8, 1, 2, 2), md.TrainConfig(),
+                                     teacher_steps=8, final_steps=bad, prediction_type="sample")
 
 
 def test_a_student_holding_the_two_step_map_has_zero_loss(schedule):
