@@ -82,8 +82,9 @@ def steps_per_second(run: dict, steps: int) -> float:
 
 
 def train_and_measure(name: str, run: dict, budgets: List[float], rate: float, n: int, classifier,
-                      seed: int) -> List[dict]:
-    """Train for max(budgets) minutes' worth of steps; measure the EMA weights at each budget's step."""
+                      seed: int, ddpm: bool = True) -> List[dict]:
+    """Train for max(budgets) minutes' worth of steps; measure the EMA weights at each budget's step
+    (DDPM over all T steps too at the last budget, if `ddpm`)."""
     total = max(1, int(max(budgets) * 60 * rate))
     built = build_run(copy.deepcopy(run))
     config = md.TrainConfig.from_dict({**run["train"], "steps": total, "progress": False, "device": "cpu"})
@@ -94,7 +95,7 @@ def train_and_measure(name: str, run: dict, budgets: List[float], rate: float, n
         trainer.train(target - trainer.step)
         row = {"variant": name, "minutes": minutes, "steps": trainer.step,
                "train_minutes": (time.perf_counter() - start) / 60}
-        runs = list(SAMPLERS) + ([("ddpm", "ddpm", None)] if minutes == max(budgets) else [])
+        runs = list(SAMPLERS) + ([("ddpm", "ddpm", None)] if ddpm and minutes == max(budgets) else [])
         for label, sampler, steps in runs:
             result = evaluate(trainer.ema.model, built.schedule, n=n, sampler=sampler, steps=steps,
                               spacing="trailing", guidance_scale=GUIDANCE, classifier=classifier, seed=seed,
@@ -172,6 +173,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from VARIANTS")
     parser.add_argument("--combine", default="", help="also run 'base' with these variants' changes all together")
+    parser.add_argument("--ddpm", default="all",
+                        help="variants also measured with DDPM over all T steps at the last budget: 'all', 'none' "
+                             "or comma-separated names ('combined' for the --combine run); DDPM-500 costs about 20x "
+                             "the two fast samplers together")
     parser.add_argument("--budgets", default="2,4,6", help="minutes of training, comma-separated")
     parser.add_argument("--n", type=int, default=250, help="samples per measurement (default 250)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -203,7 +208,8 @@ def main(argv=None):
         for name, run in jobs:
             rate = steps_per_second(run, args.calibrate)
             log(f"{name}: {rate:.2f} steps/s")
-            rows += train_and_measure(name, run, budgets, rate, args.n, classifier, args.seed)
+            wants_ddpm = args.ddpm == "all" or (name.split(":")[0] in args.ddpm.split(","))
+            rows += train_and_measure(name, run, budgets, rate, args.n, classifier, args.seed, ddpm=wants_ddpm)
         plot(rows, os.path.join(args.out, "quality_per_minute.png"))
 
     columns = [("variant", "variant"), ("minutes", "minutes"), ("steps", "steps")]
@@ -211,7 +217,8 @@ def main(argv=None):
         columns += [(f"{label}_fd", f"{label} FD"), (f"{label}_acc", f"{label} class acc")]
     columns += [("fd_real", "real vs real FD")]
     tables = [Table("Quality against training minutes", columns, rows,
-                    notes=[f"n = {args.n} guided samples (w = {GUIDANCE}) per cell; DDPM only at the last budget"]),
+                    notes=[f"n = {args.n} guided samples (w = {GUIDANCE}) per cell; DDPM only at the last budget "
+                           f"(variants: {args.ddpm})"]),
               Table("Trainer overhead", [("trainer_images_per_s", "Trainer images/s"),
                                          ("bare_images_per_s", "bare loop images/s"), ("ratio", "ratio"),
                                          ("target", "target")], [overhead])]
