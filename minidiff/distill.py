@@ -22,7 +22,9 @@ x_tilde = z_t''). The student samples with md.sample(sampler="ddim", steps=N, sp
 Guidance. With guidance_scale w, the teacher's output is the guided one (Ho & Salimans Eq. 6) for the
 samples that keep their context, and the unconditional one for those whose context the Trainer
 dropped; the student then draws guided samples in ONE network call per step, with no guidance of its
-own (guidance_scale=None). This bakes one w into the student; Meng et al. 2023 ("On Distillation of
+own (guidance_scale=None). Only the first round guides its teacher: later teachers are students with w
+already baked in, and guiding them again would compound it (w, w^2, w^3, ...: over-saturated samples
+that lose their diversity). This bakes one w into the student; Meng et al. 2023 ("On Distillation of
 Guided Diffusion Models") instead condition the student on w, which this module does not do.
 
 Parametrisation. Any prediction type works in the loss, but the paper (Sec. 4) finds that a student
@@ -143,6 +145,8 @@ def progressive_distillation(teacher: nn.Module, schedule: NoiseSchedule, datase
     "steps_NNN", holding that round's checkpoint, loss curve and samples). Each round's student starts
     from its teacher's weights and the next round's teacher is the student's EMA. Returns the Rounds.
     on_round(round): called after each round (write a grid, measure quality...).
+    guidance_scale: the first teacher's w, baked into every student; later rounds call their teacher (a
+    student, guided already) as it is.
     """
     from .train import Trainer  # train imports nothing from here
     def power_of_two(n) -> bool:
@@ -157,7 +161,8 @@ def progressive_distillation(teacher: nn.Module, schedule: NoiseSchedule, datase
     while steps >= final_steps:
         out_dir = os.path.join(config.out_dir, f"steps_{steps:03d}") if config.out_dir else None
         student = copy.deepcopy(teacher).train().requires_grad_(True)
-        loss_fn = ProgressiveDistillationLoss(teacher, schedule, steps, prediction_type, guidance_scale)
+        loss_fn = ProgressiveDistillationLoss(teacher, schedule, steps, prediction_type,
+                                              guidance_scale if not rounds else None)   # w once, not w^k
         start = time.perf_counter()
         round_config = replace(config, out_dir=out_dir, prediction_type=prediction_type, objective="diffusion")
         trainer = Trainer(student, dataset, round_config, schedule=schedule,
