@@ -369,9 +369,10 @@ class Trainer:
                     window, window_start = [], time.perf_counter()
                 if self._stop_requested(signals):
                     self._save_and_stop(signals.signum, saved=self.step > start)
-                if c.sample_every and self.step % c.sample_every == 0 and self.step != end:
+                writes = c.out_dir is not None                # out_dir None: train in memory, write nothing
+                if writes and c.sample_every and self.step % c.sample_every == 0 and self.step != end:
                     self.sample_grid()
-                if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.step != end:
+                if writes and c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.step != end:
                     self.save()
             if c.out_dir is not None and steps > 0:
                 self.save()

@@ -188,6 +188,17 @@ def test_training_lowers_the_loss_and_writes_logs_and_grids(tmp_path):
     assert trainer.epoch == 40 // 3 and trainer.batch_in_epoch == 40 % 3
 
 
+def test_without_out_dir_periodic_checkpoints_and_grids_are_skipped_not_a_crash(monkeypatch):
+    """out_dir None means "train in memory, write nothing": checkpoint_every / sample_every set by a preset
+    must not stop the run at their step (save() used to raise there)."""
+    trainer = tiny_trainer(steps=4, checkpoint_every=2, sample_every=2)
+    calls = []
+    monkeypatch.setattr(trainer, "sample_grid", lambda *a, **k: calls.append("grid"))
+    trainer.train(3)
+    trainer.train(1)
+    assert trainer.step == 4 and calls == []
+
+
 def test_images_only_dataset_trains_unconditionally():
     trainer = Trainer(TinyNet(), TinyData(labels=False), TrainConfig(steps=2, batch_size=16, progress=False),
                       schedule=SCHEDULE)
