@@ -9,7 +9,8 @@ This page builds every part: the sprites, the teacher (the course's ContextUnet 
 paper: a student predicting eps cannot take the last steps, where x0 = (x - sigma eps) / alpha divides by
 alpha ~ 0), the distillation rounds through the same Trainer, and the measurements: Fréchet distance and class
 accuracy (minidiff.metrics, guided samples, w = 2, as benchmarks/quality_vs_steps.py measures) of the teacher's
-DDPM over every step, of the teacher's DDIM with as many calls as each student, and of each student.
+DDPM over every step, of the teacher's DDIM and DPM-Solver++(2M) with as many calls as each student (trailing
+grid), and of each student.
 
 Run:  python examples/few_step.py --preset smoke     # seconds: runs end to end (the numbers mean nothing)
       python examples/few_step.py --preset quick     # a small teacher (3,000 steps) and four rounds of 600
@@ -84,9 +85,10 @@ def class_samples(model, schedule, steps, sampler, guidance, per_class, seed, de
 
 
 def measure(model, schedule, steps, sampler, guidance, n, seed, device, prediction):
-    return md.metrics.evaluate(model, schedule, n=n, sampler=sampler, steps=steps, spacing=SPACING if sampler == "ddim"
-                               else "leading", guidance_scale=guidance, seed=seed, device=device,
-                               prediction_type=prediction)
+    """md.metrics.evaluate's dict (fd, class_accuracy, ...); DDIM and DPM-Solver++ on the trailing grid."""
+    return md.metrics.evaluate(model, schedule, n=n, sampler=sampler, steps=steps,
+                               spacing="leading" if sampler == "ddpm" else SPACING, guidance_scale=guidance,
+                               seed=seed, device=device, prediction_type=prediction)
 
 
 def main(argv=None):
@@ -125,8 +127,8 @@ def main(argv=None):
     save_class_grid(grid, labels, os.path.join(args.out, "teacher_vs_student.png"), scale=3)
 
     # Numbers: the teacher's DDPM over every step, and teacher vs student at every student's call count.
-    lines = ["| network calls | teacher DDIM (trailing) FD | student FD | student / teacher DDPM | student class acc | "
-             "round training s |", "|---|---|---|---|---|---|"]
+    lines = ["| network calls | teacher DDIM FD | teacher DPM-Solver++(2M) FD | student FD | student / teacher DDPM | "
+             "student class acc | round training s |", "|---|---|---|---|---|---|---|"]
     results = {"preset": args.preset, "guidance": GUIDANCE, "rounds": []}
     if preset["eval_n"]:
         n = preset["eval_n"]
@@ -134,16 +136,19 @@ def main(argv=None):
         results["teacher_ddpm"] = ddpm
         for r in rounds:
             ddim = measure(teacher, schedule, r.steps, "ddim", GUIDANCE, n, args.seed, device, prediction)
+            dpm = measure(teacher, schedule, r.steps, "dpmpp_2m", GUIDANCE, n, args.seed, device, prediction)
             student = measure(r.model, schedule, r.steps, "ddim", None, n, args.seed, device, prediction)
             results["rounds"].append({"steps": r.steps, "seconds": r.seconds, "teacher_ddim": ddim,
-                                      "student": student})
-            lines.append(f"| {r.steps} | {ddim['fd']:.2f} | {student['fd']:.2f} | {student['fd'] / ddpm['fd']:.2f}x | "
-                         f"{student['class_accuracy']:.3f} | {r.seconds:.0f} |")
+                                      "teacher_dpmpp_2m": dpm, "student": student})
+            lines.append(f"| {r.steps} | {ddim['fd']:.2f} | {dpm['fd']:.2f} | {student['fd']:.2f} | "
+                         f"{student['fd'] / ddpm['fd']:.2f}x | {student['class_accuracy']:.3f} | {r.seconds:.0f} |")
         lines.append(f"\nTeacher DDPM over all {schedule.T} steps: FD {ddpm['fd']:.2f}, class accuracy "
                      f"{ddpm['class_accuracy']:.3f}; two real sets of {n}: FD {ddpm.get('fd_real', float('nan')):.2f}.")
         calls = [r["steps"] for r in results["rounds"]]
         line_plot([Series(calls, [r["student"]["fd"] for r in results["rounds"]], "student (distilled)", markers=True),
                    Series(calls, [r["teacher_ddim"]["fd"] for r in results["rounds"]], "teacher DDIM", markers=True),
+                   Series(calls, [r["teacher_dpmpp_2m"]["fd"] for r in results["rounds"]], "teacher DPM-Solver++(2M)",
+                          markers=True),
                    Series(calls, [ddpm["fd"]] * len(calls), f"teacher DDPM, {schedule.T} calls", dashed=True)],
                   os.path.join(args.out, "quality.png"), title="Fréchet distance against network calls",
                   xlabel="network calls", ylabel="Fréchet distance", log_x=True, log_y=True)

@@ -201,6 +201,32 @@ def test_a_distilled_folder_samples_in_its_own_steps_from_the_cli(tmp_path):
         assert a.tobytes() == b.tobytes()
 
 
+def test_the_shipped_four_step_student_samples_heroes_in_four_calls_from_the_cli(tmp_path):
+    """pretrained/sprites_4_step (examples/few_step.py --preset quick): checksums verified on load, its own grid
+    (DDIM, 4 steps, trailing) used without flags, guidance baked in (sampled with none)."""
+    import pathlib
+
+    from PIL import Image
+
+    from minidiff import cli
+    folder = pathlib.Path(__file__).resolve().parents[1] / "pretrained" / "sprites_4_step"
+    index = md.pretrained.read_index(folder)
+    assert index["sampling"] == {"sampler": "ddim", "steps": 4, "spacing": "trailing"}
+    assert index["prediction_type"] == "v_prediction" and index["class_names"][0] == "hero"
+    assert cli.main(["sample", "--checkpoint", str(folder), "--context", "hero", "--n", "6", "--out",
+                     str(tmp_path / "cli.png"), "--device", "cpu", "--seed", "1"]) == 0
+    model, schedule = md.load_pretrained(folder)
+    calls = []
+    model.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    hero = torch.eye(5)[[0] * 6]
+    expected = md.sample(model, schedule, (6, 3, 16, 16), "ddim", steps=4, spacing="trailing", context=hero,
+                         prediction_type="v_prediction", generator=torch.Generator().manual_seed(1), progress=False)
+    assert calls == [6] * 4                                              # four network calls, no guidance batch
+    md.imaging.save_image_grid(expected, tmp_path / "api.png")
+    with Image.open(tmp_path / "cli.png") as a, Image.open(tmp_path / "api.png") as b:
+        assert a.tobytes() == b.tobytes()
+
+
 @pytest.mark.parametrize("sampling, message", [
     ({"sampler": "ddim", "steps": 0}, "steps must be an integer >= 1"),
     ({"sampler": "dpm"}, "sampler must be one of"),
