@@ -70,15 +70,19 @@ def run_description(variant: dict, combine: dict = None) -> dict:
     return run
 
 
-def steps_per_second(run: dict, steps: int) -> float:
-    """The variant's training speed: `steps` timed steps after 3 warm-up steps, on a throwaway copy."""
+def steps_per_second(run: dict, steps: int, repeats: int = 3) -> float:
+    """The variant's training speed: the median of `repeats` timings of `steps` steps after 3 warm-up steps, on a
+    throwaway copy. (One timing of 20 steps varied by 4.1-6.0 steps/s between variants of equal cost.)"""
     built = build_run(copy.deepcopy(run))
     config = md.TrainConfig.from_dict({**run["train"], "steps": 10**9, "progress": False, "device": "cpu"})
     trainer = md.Trainer(built.model, built.dataset, config, schedule=built.schedule)
     trainer.train(3)
-    start = time.perf_counter()
-    trainer.train(steps)
-    return steps / (time.perf_counter() - start)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        trainer.train(steps)
+        rates.append(steps / (time.perf_counter() - start))
+    return sorted(rates)[len(rates) // 2]
 
 
 def train_and_measure(name: str, run: dict, budgets: List[float], rate: float, n: int, classifier,
@@ -180,7 +184,8 @@ def main(argv=None):
     parser.add_argument("--budgets", default="2,4,6", help="minutes of training, comma-separated")
     parser.add_argument("--n", type=int, default=250, help="samples per measurement (default 250)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--calibrate", type=int, default=20, help="timed steps for each variant's speed")
+    parser.add_argument("--calibrate", type=int, default=30,
+                        help="timed steps for each variant's speed (three timings, the median is used)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only-overhead", action="store_true", help="measure only the Trainer's overhead")
     parser.add_argument("--overhead-steps", type=int, default=60, help="steps per timed overhead repeat")
