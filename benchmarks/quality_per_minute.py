@@ -49,6 +49,7 @@ VARIANTS: Dict[str, dict] = {
     "warmup_500": {"train": {"warmup_steps": 500}},
     "batch_128": {"train": {"batch_size": 128}},
     "ema_0.999": {"train": {"ema_decay": 0.999}},
+    "ema_no_warmup": {"train": {"ema_warmup": False}},
     "n_feat_64": {"model": {"n_feat": 64}},
     "cosine": {"schedule": {"kind": "cosine", "T": 500}},
 }
