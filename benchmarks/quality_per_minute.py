@@ -198,6 +198,11 @@ def main(argv=None):
     for name in names + [v for v in args.combine.split(",") if v]:
         if name not in VARIANTS:
             raise SystemExit(f"quality_per_minute: unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    ddpm_names = [] if args.ddpm in ("all", "none") else [v for v in args.ddpm.split(",") if v]
+    for name in ddpm_names:
+        if name not in VARIANTS and name != "combined":
+            raise SystemExit(f"quality_per_minute: --ddpm: unknown variant {name!r}; give 'all', 'none' or names "
+                             f"from {', '.join(VARIANTS)} (or 'combined')")
 
     overhead = trainer_overhead(args.overhead_steps)
     log(f"Trainer overhead: {overhead['ratio']:.3f}x the bare loop's images/s (target >= {overhead['target']})")
@@ -214,7 +219,7 @@ def main(argv=None):
         for name, run in jobs:
             rate = steps_per_second(run, args.calibrate)
             log(f"{name}: {rate:.2f} steps/s")
-            wants_ddpm = args.ddpm == "all" or (name.split(":")[0] in args.ddpm.split(","))
+            wants_ddpm = args.ddpm == "all" or name.split(":")[0] in ddpm_names
             rows += train_and_measure(name, run, budgets, rate, args.n, classifier, args.seed, ddpm=wants_ddpm)
         plot(rows, os.path.join(args.out, "quality_per_minute.png"))
 
