@@ -1,6 +1,8 @@
 """Sample quality per CPU minute: which training recipe gets the most out of a few minutes?
 
-Every variant starts from the quick preset (minidiff/presets.py) and changes ONE thing. Each trains for the
+Every variant starts from BASELINE, the quick preset (minidiff/presets.py) as it was before it took this
+benchmark's winners, and changes ONE thing; --combine runs several variants' changes together (the quick preset
+today is --combine v_prediction,min_snr,lr_2e-3). Each trains for the
 largest budget (--budgets, minutes of wall clock at a fixed torch thread count); at every budget on the way its
 EMA weights are measured with minidiff.metrics (guided samples, w = 2, the same n and seeds for all):
 DDIM-25 and DPM-Solver++-20 on the trailing grid at every budget, DDPM over all T steps at the last. So the
@@ -38,7 +40,10 @@ from minidiff.metrics import evaluate, feature_extractor  # noqa: E402
 from minidiff.presets import PRESETS, build_run  # noqa: E402
 from minidiff.train import EMA, shard_generator  # noqa: E402
 
-# One change each from the quick preset: {section: values}; "model" values go into the model's kwargs,
+# The recipe the variants were measured against: the quick preset as it was before it took the winners
+# (eps-prediction, unweighted loss, lr 1e-3). Today's quick preset is --combine v_prediction,min_snr,lr_2e-3.
+BASELINE: dict = {"train": {"prediction_type": "epsilon", "loss_weighting": "none", "lr": 1e-3}}
+# One change each from BASELINE: {section: values}; "model" values go into the model's kwargs,
 # a "schedule" replaces the preset's schedule, "train" values update its TrainConfig.
 VARIANTS: Dict[str, dict] = {
     "base": {},
@@ -58,9 +63,9 @@ GUIDANCE = 2.0
 
 
 def run_description(variant: dict, combine: dict = None) -> dict:
-    """The quick preset with the variant's changes (and `combine`'s, for a combination of winners)."""
+    """BASELINE with the variant's changes (and `combine`'s, for a combination of winners)."""
     run = copy.deepcopy(PRESETS["quick"])
-    for changes in (variant, combine or {}):
+    for changes in (BASELINE, variant, combine or {}):
         for section, values in changes.items():
             if section == "model":
                 run["model"]["kwargs"].update(values)
@@ -117,7 +122,7 @@ def train_and_measure(name: str, run: dict, budgets: List[float], rate: float, n
 
 def trainer_overhead(steps: int = 60, repeats: int = 3) -> dict:
     """Trainer.train(steps) against a bare loop doing the same work; images/s of each and their ratio."""
-    run = copy.deepcopy(PRESETS["quick"])
+    run = run_description({})
     built = build_run(run)
     config = md.TrainConfig.from_dict({**run["train"], "steps": 10**9, "progress": False, "device": "cpu"})
     trainer = md.Trainer(copy.deepcopy(built.model), built.dataset, config, schedule=built.schedule)

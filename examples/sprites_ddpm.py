@@ -106,6 +106,9 @@ def train(args, device, out):
 
     # Training: x_i = sqrt(alpha_bar_i) x0 + sqrt(1 - alpha_bar_i) eps, loss |eps - model(x_i, (i + 1) / T, c)|^2.
     # The course: batch 100, lr 1e-3 decayed linearly to 0, 32 epochs; EMA weights are the ones sampled.
+    # The quick preset trains faster per CPU minute: the network predicts v = sqrt(alpha_bar_i) eps -
+    # sqrt(1 - alpha_bar_i) x0 instead of eps, and the loss is Min-SNR weighted (config.prediction_type,
+    # config.loss_weighting). The trained model carries model.prediction_type; every sampler reads it.
     config = md.TrainConfig(**{**preset["train"], "out_dir": out, "device": str(device), "seed": args.seed})
     print(f"training: preset {args.preset!r} - {preset['description']}")
     trainer = md.Trainer(model, dataset, config, schedule=schedule, model_kwargs=sizes)  # sizes: saved with it
@@ -119,14 +122,15 @@ def course_sampling_loop(model, schedule, x_T, context, seed: int, add_noise: bo
     """The course's loop, one step at a time:  for i in range(T, 0, -1): eps = nn_model(x, t, c);
     x = denoise_add_noise(x, i, eps, z). Every step is x_{i-1} = mean(x_i, eps) + sqrt(beta_i) z (Ho et al.,
     Algorithm 2). add_noise=False drops the z: the course's "sampling without the extra noise", which collapses.
-    Returns (x_0, [x_T, ..., x_0])."""
-    stepper = md.Stepper(schedule, sampler="ddpm", add_noise=add_noise)       # all T steps: T-1, ..., 1, 0
+    A v-prediction network (the quick preset) outputs v; the Stepper, given the model, turns it into eps first:
+    eps = sqrt(1 - alpha_bar_i) x_i + sqrt(alpha_bar_i) v. Returns (x_0, [x_T, ..., x_0])."""
+    stepper = md.Stepper(schedule, sampler="ddpm", add_noise=add_noise, model=model)  # T-1, ..., 1, 0
     generator = torch.Generator(x_T.device).manual_seed(seed)
     x = x_T * stepper.init_noise_sigma
     frames = [x]
     for i in stepper.timesteps:
-        eps = model(x, stepper.model_time(i, x), context)                     # network time (i + 1) / T
-        x = stepper.step(eps, i, x, generator=generator)
+        output = model(x, stepper.model_time(i, x), context)                  # eps (course) or v; time (i + 1) / T
+        x = stepper.step(output, i, x, generator=generator)
         frames.append(x)
     return x, frames
 

@@ -197,6 +197,8 @@ class Trainer:
         self._check_memory(model, c)                                     # before anything big is allocated
         self.model_spec = model_spec(model, model_kwargs)
         self.model = model.to(self.device)
+        if c.objective == "diffusion":        # what the trained network predicts: md.sample, the Stepper and
+            self.model.prediction_type = c.prediction_type   # metrics read it off the model (and its EMA copy)
         if c.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.image_shape, self.example_context = self._check_model_takes_data()

@@ -301,7 +301,7 @@ def test_bench_training_smoke(tmp_path):
 def test_quality_per_minute_variants_change_one_thing_each_and_build():
     from benchmarks import quality_per_minute as qpm
     from minidiff.presets import PRESETS, build_run
-    base = PRESETS["quick"]
+    base = qpm.run_description({})
     for name, variant in qpm.VARIANTS.items():
         run = qpm.run_description(variant)
         changed = [(section, key) for section in ("model", "schedule", "train")
@@ -313,4 +313,7 @@ def test_quality_per_minute_variants_change_one_thing_each_and_build():
         assert len({section for section, _ in changed}) <= 1 and (name == "base") == (not changed), name
         built = build_run(run)
         assert built.schedule is not None and built.config.steps == base["train"]["steps"]
-    assert PRESETS["quick"] == base                                  # the variants never edit the preset
+    assert qpm.run_description({}) == base                           # the variants never edit the preset
+    winners = {"train": {k: v for name in ("v_prediction", "min_snr", "lr_2e-3") for k, v in
+                         qpm.VARIANTS[name]["train"].items()}}
+    assert qpm.run_description({}, winners) == PRESETS["quick"]      # the quick preset: the winners combined

@@ -74,8 +74,13 @@ def test_the_course_loop_on_the_page_is_md_sample():
     schedule = md.NoiseSchedule.course(T=20)
     x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     context = torch.eye(5)[[0, 3]]
-    for add_noise in (True, False):
+    for add_noise, prediction_type in ((True, None), (False, None), (True, "v_prediction")):
+        model.prediction_type = prediction_type          # v: the quick preset's network; the loop must read it
         by_hand, frames = sprites_ddpm.course_sampling_loop(model, schedule, x_T, context, seed=2, add_noise=add_noise)
         expected = md.sample(model, schedule, x_T.shape, "ddpm", x_T=x_T, context=context, add_noise=add_noise,
-                             generator=torch.Generator().manual_seed(2), progress=False)
+                             generator=torch.Generator().manual_seed(2), progress=False,
+                             prediction_type=prediction_type or "epsilon")
         assert torch.equal(by_hand, expected) and len(frames) == 21
+    as_eps = md.sample(model, schedule, x_T.shape, "ddpm", x_T=x_T, context=context, prediction_type="epsilon",
+                       generator=torch.Generator().manual_seed(2), progress=False)
+    assert not torch.allclose(by_hand, as_eps)

@@ -199,6 +199,23 @@ def test_without_out_dir_periodic_checkpoints_and_grids_are_skipped_not_a_crash(
     assert trainer.step == 4 and calls == []
 
 
+def test_the_trained_model_samples_as_what_it_was_trained_to_predict():
+    """A v-prediction run's model (and its EMA copy) carries prediction_type, so md.sample reads its output
+    as v straight after training, as it does after loading the checkpoint (before, it was read as eps)."""
+    from minidiff.samplers import sample
+
+    trainer = tiny_trainer(steps=2, prediction_type="v_prediction")
+    trainer.fit()
+    model = trainer.ema.model
+    assert model.prediction_type == "v_prediction" and trainer.model.prediction_type == "v_prediction"
+    context = torch.eye(5)[:2]
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    read = lambda **kw: sample(model, SCHEDULE, (2, 3, 8, 8), steps=5, x_T=x_T, context=context, progress=False, **kw)
+    assert torch.equal(read(), read(prediction_type="v_prediction"))
+    assert not torch.allclose(read(), read(prediction_type="epsilon"))
+    assert tiny_trainer(steps=1).ema.model.prediction_type == "epsilon"
+
+
 def test_images_only_dataset_trains_unconditionally():
     trainer = Trainer(TinyNet(), TinyData(labels=False), TrainConfig(steps=2, batch_size=16, progress=False),
                       schedule=SCHEDULE)
