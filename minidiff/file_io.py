@@ -14,8 +14,10 @@ import hashlib
 import os
 import pickle
 import shutil
+import struct
 import tempfile
 import zipfile
+import zlib
 from typing import Any, Callable, Dict, Iterator, Union
 
 import torch
@@ -220,6 +222,12 @@ def _fsync_folder(folder: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- reading
+# What zipfile and torch.load raise on damaged bytes. A flipped bit in a header can name an unknown
+# compression method (NotImplementedError), an encrypted entry (RuntimeError), a bad deflate stream
+# (zlib.error), a short record (struct.error) or a huge size (OverflowError), besides the usual ones.
+_DAMAGED_ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError,
+                       zlib.error, struct.error, OverflowError, KeyError, IndexError)
+_MSDOS_FOLDER = 0x10                                      # the folder bit of a zip entry's external attributes
 def safe_torch_load(path: PathLike, map_location: Union[str, torch.device] = "cpu", what: str = "file") -> Any:
     """``torch.load(path, weights_only=True)`` after checking every zip entry's CRC-32. Errors name the path.
 
@@ -229,15 +237,22 @@ def safe_torch_load(path: PathLike, map_location: Union[str, torch.device] = "cp
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} not found: {path}")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} is truncated or corrupt: not a torch zip file")
-    try:                                                  # every entry's CRC-32: catches flipped bytes too
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+    try:
+        is_zip = zipfile.is_zipfile(path)
+        if is_zip:                                        # every entry's CRC-32: catches flipped bytes too
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+                folders = [entry.filename for entry in archive.infolist()      # torch.load fills a tensor
+                           if entry.is_dir() or entry.external_attr & _MSDOS_FOLDER]  # stored in one with garbage
+    except _DAMAGED_ZIP_ERRORS as error:
         raise CheckpointError(f"{path} is truncated or corrupt and cannot be read: {error}") from None
+    if not is_zip:
+        raise CheckpointError(f"{path} is truncated or corrupt: not a torch zip file")
     if damaged is not None:
         raise CheckpointError(f"{path} is corrupt: entry {damaged!r} fails its CRC-32 check")
+    if folders:
+        raise CheckpointError(f"{path} is corrupt: entry {folders[0]!r} is marked as a folder, "
+                              f"and a torch file holds only files")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -245,7 +260,7 @@ def safe_torch_load(path: PathLike, map_location: Union[str, torch.device] = "cp
         raise CheckpointError(f"refusing to load {path}: it holds pickled Python objects that only "
                               f"weights_only=False could rebuild, and that could run arbitrary code "
                               f"({first_line})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+    except _DAMAGED_ZIP_ERRORS as error:
         raise CheckpointError(f"{path} is truncated or corrupt and cannot be read: {error}") from None
 
 

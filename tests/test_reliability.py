@@ -188,6 +188,41 @@ def test_truncated_and_byte_flipped_checkpoints_raise_or_load_exactly(tmp_path):
     assert outcomes["refused"] >= 30                                         # every truncation at least
 
 
+def test_damaged_zip_directory_bytes_raise_or_load_exactly(tmp_path):
+    """Every byte of the zip's central directory, one flipped bit each, plus two cases that once escaped:
+    an entry whose compression method reads 256 (NotImplementedError) and an entry marked as a folder (which
+    torch.load reads as uninitialised memory). Each raises CheckpointError or loads the original tensors."""
+    trainer = tiny_trainer(steps=2).fit()
+    good = tmp_path / "good.pt"
+    trainer.save(str(good))
+    data, original = good.read_bytes(), ckpt.load_checkpoint(good)
+    directory_start = data.rfind(b"PK\x05\x06")                             # end-of-central-directory record
+    directory_start = int.from_bytes(data[directory_start + 16: directory_start + 20], "little")
+    damaged = tmp_path / "damaged.pt"
+
+    def refused_or_identical(blob):
+        damaged.write_bytes(blob)
+        try:
+            loaded = ckpt.load_checkpoint(damaged)
+        except ckpt.CheckpointError as error:
+            assert "damaged.pt" in str(error)
+            return "refused"
+        for name, tensor in original["state_dict"].items():
+            assert torch.equal(loaded["state_dict"][name], tensor), name
+        return "identical"
+
+    blob = bytearray(data)                                                    # compression method 8 -> 256
+    blob[directory_start + 10: directory_start + 12] = (256).to_bytes(2, "little")
+    assert refused_or_identical(bytes(blob)) == "refused"
+    blob = bytearray(data)                                                    # MS-DOS folder attribute
+    blob[directory_start + 38] |= 0x10
+    assert refused_or_identical(bytes(blob)) == "refused"
+    rng = random.Random(3)
+    outcomes = [refused_or_identical(bytes(blob[:at]) + bytes([data[at] ^ (1 << rng.randrange(8))]) + data[at + 1:])
+                for at in range(directory_start, len(data)) for blob in [data]]
+    assert outcomes.count("refused") > 0
+
+
 def test_truncated_npy_files_raise_naming_the_file(tmp_path):
     sprites, labels = tmp_path / "s.npy", tmp_path / "l.npy"
     np.save(sprites, np.zeros((6, 16, 16, 3), np.uint8))
