@@ -5,7 +5,7 @@ DeepLearning.AI's "How Diffusion Models Work", built on minidiff, every part mad
   2020 Algorithm 1) -> the course's sampling loop written by hand over md.Stepper, with and without the
   extra noise -> DDIM and DPM-Solver++ through md.sample -> contexts, mixed contexts, guidance -> numbers.
 
-    python examples/sprites_ddpm.py                      # quick preset on CPU (~6 min), course preset on CUDA
+    python examples/sprites_ddpm.py                      # quick preset on CPU (6-13 min), course preset on CUDA
     python examples/sprites_ddpm.py --preset smoke       # seconds: checks everything runs
     python examples/sprites_ddpm.py --preset long        # ~45 min on 2 CPU cores: the course model, DDIM-25 ~ DDPM-500
     python examples/sprites_ddpm.py --data sprites_1788_16x16.npy --labels sprite_labels_nc_1788_16x16.npy

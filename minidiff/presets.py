@@ -58,12 +58,13 @@ PRESETS = {
                   "ema_decay": 0.999, "mixed_precision": "auto", "log_every": 100, "sample_every": 3000,
                   "checkpoint_every": 500},
     },
-    # About 6 minutes on a 2-core CPU (measured 5 min 56 s with sampling): a narrower ContextUnet on 8,000 sprites.
+    # 6-13 minutes on a 2-core CPU with sampling (5 min 56 s measured on one with AVX-512, 12 min 51 s on an
+    # AVX2-only one): a narrower ContextUnet on 8,000 sprites.
     # Not the course's recipe: the network predicts v (Salimans & Ho 2022), the loss is Min-SNR-5 weighted
     # (Hang et al. 2023) and lr is 2e-3, the three winners of benchmarks/quality_per_minute.py. Each step costs
     # the same as with the course's eps loss; few-step samplers get far better sprites from the same minutes.
     "quick": {
-        "description": "about 6 minutes on a 2-core CPU: ContextUnet n_feat=32, T=500, 4,000 steps of 64, "
+        "description": "6-13 minutes on a 2-core CPU: ContextUnet n_feat=32, T=500, 4,000 steps of 64, "
                        "v-prediction, Min-SNR weighting",
         "model": {"class": "ContextUnet", "kwargs": {"in_channels": 3, "n_feat": 32, "n_cfeat": 5, "height": 16}},
         "schedule": _COURSE_SCHEDULE,
