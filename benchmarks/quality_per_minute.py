@@ -179,6 +179,12 @@ def plot(rows: List[dict], path: str) -> str:
     return path
 
 
+def fail(message: str) -> None:
+    """A user error: one line on stderr, exit status 2 (as argparse does), no traceback."""
+    print(f"quality_per_minute: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from VARIANTS")
@@ -197,17 +203,26 @@ def main(argv=None):
     parser.add_argument("--overhead-steps", type=int, default=60, help="steps per timed overhead repeat")
     parser.add_argument("--out", default=RESULTS_DIR)
     args = parser.parse_args(argv)
+    try:
+        budgets = [float(b) for b in args.budgets.split(",") if b]
+    except ValueError:
+        budgets = []
+    if not budgets or not all(0 < b < float("inf") for b in budgets):
+        fail(f"--budgets must be positive minutes, comma-separated (like 2,4), got {args.budgets!r}")
+    for option, value, least in (("--n", args.n, 2), ("--threads", args.threads, 1), ("--calibrate", args.calibrate, 1),
+                                 ("--overhead-steps", args.overhead_steps, 1)):
+        if value < least:
+            fail(f"{option} must be at least {least}, got {value}")
     torch.set_num_threads(args.threads)
-    budgets = [float(b) for b in args.budgets.split(",") if b]
     names = [v for v in args.variants.split(",") if v]
     for name in names + [v for v in args.combine.split(",") if v]:
         if name not in VARIANTS:
-            raise SystemExit(f"quality_per_minute: unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+            fail(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
     ddpm_names = [] if args.ddpm in ("all", "none") else [v for v in args.ddpm.split(",") if v]
     for name in ddpm_names:
         if name not in VARIANTS and name != "combined":
-            raise SystemExit(f"quality_per_minute: --ddpm: unknown variant {name!r}; give 'all', 'none' or names "
-                             f"from {', '.join(VARIANTS)} (or 'combined')")
+            fail(f"--ddpm: unknown variant {name!r}; give 'all', 'none' or names from {', '.join(VARIANTS)} "
+                 f"(or 'combined')")
 
     overhead = trainer_overhead(args.overhead_steps)
     log(f"Trainer overhead: {overhead['ratio']:.3f}x the bare loop's images/s (target >= {overhead['target']})")

@@ -317,3 +317,17 @@ def test_quality_per_minute_variants_change_one_thing_each_and_build():
     winners = {"train": {k: v for name in ("v_prediction", "min_snr", "lr_2e-3") for k, v in
                          qpm.VARIANTS[name]["train"].items()}}
     assert qpm.run_description({}, winners) == PRESETS["quick"]      # the quick preset: the winners combined
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--budgets", "-1"], "--budgets"), (["--budgets", "two"], "--budgets"), (["--budgets", ","], "--budgets"),
+    (["--budgets", "inf"], "--budgets"), (["--n", "1"], "--n"), (["--threads", "0"], "--threads"),
+    (["--calibrate", "0"], "--calibrate"), (["--variants", "bogus"], "'bogus'"),
+    (["--combine", "v_prediction,nope"], "'nope'"), (["--ddpm", "nope"], "--ddpm"),
+])
+def test_quality_per_minute_refuses_bad_options_before_training(argv, named, capsys):
+    from benchmarks import quality_per_minute as qpm
+    with pytest.raises(SystemExit) as exit_info:
+        qpm.main(argv)
+    message = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and named in message and "\n" not in message
