@@ -228,6 +228,8 @@ def _fsync_folder(folder: str) -> None:
 _DAMAGED_ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError,
                        zlib.error, struct.error, OverflowError, KeyError, IndexError)
 _MSDOS_FOLDER = 0x10                                      # the folder bit of a zip entry's external attributes
+
+
 def safe_torch_load(path: PathLike, map_location: Union[str, torch.device] = "cpu", what: str = "file") -> Any:
     """``torch.load(path, weights_only=True)`` after checking every zip entry's CRC-32. Errors name the path.
 
@@ -242,8 +244,9 @@ def safe_torch_load(path: PathLike, map_location: Union[str, torch.device] = "cp
         if is_zip:                                        # every entry's CRC-32: catches flipped bytes too
             with zipfile.ZipFile(path) as archive:
                 damaged = archive.testzip()
-                folders = [entry.filename for entry in archive.infolist()      # torch.load fills a tensor
-                           if entry.is_dir() or entry.external_attr & _MSDOS_FOLDER]  # stored in one with garbage
+                # torch.load reads a tensor stored in a folder-marked entry as uninitialised memory
+                folders = [entry.filename for entry in archive.infolist()
+                           if entry.is_dir() or entry.external_attr & _MSDOS_FOLDER]
     except _DAMAGED_ZIP_ERRORS as error:
         raise CheckpointError(f"{path} is truncated or corrupt and cannot be read: {error}") from None
     if not is_zip:

@@ -47,8 +47,8 @@ PRESETS = {
     },
     # The course's model, trained long enough for its deterministic samplers to be good: about 45 minutes on
     # a 2-core CPU with native bf16 (AVX512-BF16/AMX; measured 43 min 25 s; 13.4 epochs of 89,400 sprites).
-    # "auto" precision: bf16 only where the CPU has
-    # it natively; an AVX2-only CPU trains in float32 instead (about 1.25 s a step, so hours, not minutes).
+    # "auto" precision: bf16 only where the CPU has it natively; an AVX2-only CPU trains in float32 instead
+    # (about 1.25 s a step, so hours, not minutes).
     "long": {
         "description": "about 45 minutes on 2 CPU cores with native bf16: the course model, 12,000 steps of 100",
         "model": _SPRITES_MODEL,

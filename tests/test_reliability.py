@@ -196,8 +196,8 @@ def test_damaged_zip_directory_bytes_raise_or_load_exactly(tmp_path):
     good = tmp_path / "good.pt"
     trainer.save(str(good))
     data, original = good.read_bytes(), ckpt.load_checkpoint(good)
-    directory_start = data.rfind(b"PK\x05\x06")                             # end-of-central-directory record
-    directory_start = int.from_bytes(data[directory_start + 16: directory_start + 20], "little")
+    end_record = data.rfind(b"PK\x05\x06")                                  # end-of-central-directory record
+    directory_start = int.from_bytes(data[end_record + 16: end_record + 20], "little")
     damaged = tmp_path / "damaged.pt"
 
     def refused_or_identical(blob):
@@ -211,15 +211,15 @@ def test_damaged_zip_directory_bytes_raise_or_load_exactly(tmp_path):
             assert torch.equal(loaded["state_dict"][name], tensor), name
         return "identical"
 
-    blob = bytearray(data)                                                    # compression method 8 -> 256
+    blob = bytearray(data)                                                    # compression method -> 256
     blob[directory_start + 10: directory_start + 12] = (256).to_bytes(2, "little")
     assert refused_or_identical(bytes(blob)) == "refused"
     blob = bytearray(data)                                                    # MS-DOS folder attribute
     blob[directory_start + 38] |= 0x10
     assert refused_or_identical(bytes(blob)) == "refused"
     rng = random.Random(3)
-    outcomes = [refused_or_identical(bytes(blob[:at]) + bytes([data[at] ^ (1 << rng.randrange(8))]) + data[at + 1:])
-                for at in range(directory_start, len(data)) for blob in [data]]
+    outcomes = [refused_or_identical(data[:at] + bytes([data[at] ^ (1 << rng.randrange(8))]) + data[at + 1:])
+                for at in range(directory_start, len(data))]
     assert outcomes.count("refused") > 0
 
 
